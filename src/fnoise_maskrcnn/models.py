@@ -1,0 +1,322 @@
+"""Mask R-CNN factories with F-Noise, mirroring torchvision's ``maskrcnn_resnet50_fpn``.
+
+Both factories accept every argument of the torchvision factory of the same name with the same
+meaning, plus ``use_f_noise``, ``f_noise_std``, ``f_noise_mode`` and ``f_noise_levels``. In addition,
+``weights`` and ``weights_backbone`` accept a local file path, so weights can be used offline.
+
+Every model built here carries ``model.build_config``: the plain-dict configuration that
+:func:`build_model` turns back into the same architecture (it is what checkpoints store).
+"""
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from urllib.error import URLError
+
+import torch
+from torch import nn
+from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, mobilenet_v3_large, resnet50
+from torchvision.models._api import WeightsEnum
+from torchvision.models._utils import handle_legacy_interface
+from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_Weights
+from torchvision.models.detection._utils import overwrite_eps
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import (
+    _mobilenet_extractor,
+    _resnet_fpn_extractor,
+    _validate_trainable_layers,
+)
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.ops import misc as misc_nn_ops
+
+from .backbone import FNoiseBackboneWithFPN
+from .checkpoint import load_state_dict_file
+
+__all__ = ["ARCHITECTURES", "maskrcnn_resnet50_fpn", "maskrcnn_mobilenet_v3_large_fpn", "build_model"]
+
+ARCHITECTURES = ("resnet50", "mobilenet_v3")
+
+WeightsArg = Optional[Union[WeightsEnum, str, os.PathLike]]
+
+
+def _is_local_path(value: Any) -> bool:
+    """A weights argument names a local file if it is a path object or a string that looks like one."""
+    if isinstance(value, os.PathLike):
+        return True
+    return isinstance(value, str) and (os.sep in value or value.endswith((".pth", ".pt")) or Path(value).exists())
+
+
+def _load_weights(
+    weights: WeightsArg, enum_type: Optional[type], argument: str, progress: bool
+) -> Tuple[Optional[Dict[str, torch.Tensor]], Dict[str, Any], Optional[WeightsEnum]]:
+    """Resolves a weights argument to ``(state_dict, our model_config or {}, enum or None)``.
+
+    Enums and their names (``"DEFAULT"``, ``"COCO_V1"`` ...) download as in torchvision; local paths
+    are read with ``weights_only=True``. ``None`` gives ``(None, {}, None)``.
+    """
+    if weights is None:
+        return None, {}, None
+    if _is_local_path(weights):
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"{argument}: weights file {str(weights)!r} does not exist")
+        state_dict, config = load_state_dict_file(weights)
+        return state_dict, config, None
+    if enum_type is None:
+        raise ValueError(f"{argument}: torchvision publishes no weights for this model; pass a local file path")
+    enum = enum_type.verify(weights)
+    try:
+        state_dict = enum.get_state_dict(progress=progress, check_hash=True)
+    except (URLError, OSError) as exc:
+        raise RuntimeError(
+            f"{argument}: could not download {enum} ({exc}); offline, pass a local file path or None"
+        ) from exc
+    return state_dict, {}, enum
+
+
+def _num_classes_of(state_dict: Mapping[str, torch.Tensor]) -> int:
+    key = "roi_heads.box_predictor.cls_score.weight"
+    if key not in state_dict:
+        raise ValueError(f"weights: not a Mask R-CNN state_dict (no {key!r})")
+    return int(state_dict[key].shape[0])
+
+
+def _replace_predictors(model: MaskRCNN, num_classes: int) -> None:
+    """Gives the box and mask heads new predictors for ``num_classes`` (as torchvision's fine-tuning tutorial)."""
+    in_features = model.roi_heads.box_predictor.cls_score.in_features
+    model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
+    mask_in = model.roi_heads.mask_predictor.conv5_mask.in_channels
+    mask_hidden = model.roi_heads.mask_predictor.conv5_mask.out_channels
+    model.roi_heads.mask_predictor = MaskRCNNPredictor(mask_in, mask_hidden, num_classes)
+
+
+def _build(
+    arch: str,
+    *,
+    weights: WeightsArg,
+    progress: bool,
+    num_classes: Optional[int],
+    weights_backbone: WeightsArg,
+    trainable_backbone_layers: Optional[int],
+    use_f_noise: bool,
+    f_noise_std: float,
+    f_noise_mode: str,
+    f_noise_levels: Optional[Sequence[str]],
+    frozen_batchnorm: Optional[bool] = None,
+    **kwargs: Any,
+) -> MaskRCNN:
+    """Builds a Mask R-CNN the way torchvision's factories do, with an F-Noise backbone.
+
+    ``frozen_batchnorm`` overrides torchvision's rule (frozen when any pretrained weights are given);
+    :func:`build_model` uses it to rebuild a trained model exactly.
+    """
+    if arch == "resnet50":
+        detector_enum, backbone_enum, max_trainable = MaskRCNN_ResNet50_FPN_Weights, ResNet50_Weights, 5
+    elif arch == "mobilenet_v3":
+        detector_enum, backbone_enum, max_trainable = None, MobileNet_V3_Large_Weights, 6
+        kwargs = {"rpn_score_thresh": 0.05, **kwargs}  # torchvision's default for its MobileNetV3 detectors
+    else:
+        raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {arch!r}")
+    model_kwargs = dict(kwargs)
+
+    state_dict, source_config, weights_enum = _load_weights(weights, detector_enum, "weights", progress)
+    target_num_classes = num_classes
+    if state_dict is not None:
+        weights_backbone = None
+        num_classes = int(source_config.get("num_classes", _num_classes_of(state_dict)))
+        if weights_enum is not None and target_num_classes is None:
+            target_num_classes = len(weights_enum.meta["categories"])
+    elif num_classes is None:
+        num_classes = 91
+    if target_num_classes is None:
+        target_num_classes = num_classes
+
+    backbone_state, _, backbone_weights_enum = _load_weights(weights_backbone, backbone_enum, "weights_backbone", progress)
+    if frozen_batchnorm is None:
+        is_trained = state_dict is not None or backbone_state is not None
+        trainable_backbone_layers = _validate_trainable_layers(is_trained, trainable_backbone_layers, max_trainable, 3)
+        frozen_batchnorm = is_trained
+    elif trainable_backbone_layers is None:
+        trainable_backbone_layers = max_trainable
+    norm_layer = misc_nn_ops.FrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d
+
+    f_noise = {
+        "f_noise_std": f_noise_std if use_f_noise else 0.0,
+        "f_noise_mode": f_noise_mode,
+        "f_noise_levels": f_noise_levels,
+    }
+    if arch == "resnet50":
+        body = resnet50(weights=None, progress=progress, norm_layer=norm_layer)
+        if backbone_state is not None:
+            body.load_state_dict(backbone_state)
+        backbone = FNoiseBackboneWithFPN.from_backbone_with_fpn(
+            _resnet_fpn_extractor(body, trainable_backbone_layers), **f_noise
+        )
+        model = MaskRCNN(backbone, num_classes=num_classes, **model_kwargs)
+    else:
+        body = mobilenet_v3_large(weights=None, progress=progress, norm_layer=norm_layer)
+        if backbone_state is not None:
+            body.load_state_dict(backbone_state)
+        backbone = FNoiseBackboneWithFPN.from_backbone_with_fpn(
+            _mobilenet_extractor(body, True, trainable_backbone_layers), **f_noise
+        )
+        anchor_sizes = ((32, 64, 128, 256, 512),) * 3
+        aspect_ratios = ((0.5, 1.0, 2.0),) * len(anchor_sizes)
+        model = MaskRCNN(
+            backbone, num_classes, rpn_anchor_generator=AnchorGenerator(anchor_sizes, aspect_ratios), **model_kwargs
+        )
+
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+        if weights_enum == MaskRCNN_ResNet50_FPN_Weights.COCO_V1:
+            overwrite_eps(model, 0.0)
+        if target_num_classes != num_classes:
+            _replace_predictors(model, target_num_classes)
+
+    model.build_config = {
+        "arch": arch,
+        "num_classes": target_num_classes,
+        "trainable_backbone_layers": trainable_backbone_layers,
+        "frozen_batchnorm": frozen_batchnorm,
+        "f_noise": {
+            "enabled": bool(use_f_noise),
+            "std": float(f_noise_std),
+            "mode": f_noise_mode,
+            "levels": None if f_noise_levels is None else [str(level) for level in f_noise_levels],
+        },
+        "model_kwargs": copy.deepcopy(model_kwargs),
+    }
+    return model
+
+
+@handle_legacy_interface(
+    weights=("pretrained", MaskRCNN_ResNet50_FPN_Weights.COCO_V1),
+    weights_backbone=("pretrained_backbone", ResNet50_Weights.IMAGENET1K_V1),
+)
+def maskrcnn_resnet50_fpn(
+    *,
+    weights: WeightsArg = None,
+    progress: bool = True,
+    num_classes: Optional[int] = None,
+    weights_backbone: WeightsArg = ResNet50_Weights.IMAGENET1K_V1,
+    trainable_backbone_layers: Optional[int] = None,
+    use_f_noise: bool = False,
+    f_noise_std: float = 0.1,
+    f_noise_mode: str = "elementwise",
+    f_noise_levels: Optional[Sequence[str]] = None,
+    **kwargs: Any,
+) -> MaskRCNN:
+    """Mask R-CNN with a ResNet-50-FPN backbone and optional F-Noise between ResNet body and FPN.
+
+    With ``use_f_noise=False``, or in eval mode, this is exactly
+    ``torchvision.models.detection.maskrcnn_resnet50_fpn``: same modules, same initialisation for
+    the same seed, same ``state_dict`` keys, same outputs.
+
+    The input is a list of ``Tensor[3, H, W]`` images in ``[0, 1]``; in training mode the targets
+    are dicts with ``boxes`` (``FloatTensor[N, 4]``, XYXY), ``labels`` (``Int64Tensor[N]``) and
+    ``masks`` (``UInt8Tensor[N, H, W]``), and the output is a dict of the five losses; in eval mode
+    the output is one dict per image with ``boxes``, ``labels``, ``scores`` and ``masks``
+    (``FloatTensor[N, 1, H, W]`` in ``[0, 1]``).
+
+    Args:
+        weights: ``MaskRCNN_ResNet50_FPN_Weights`` (or its name) as in torchvision, or a local file:
+            a torchvision Mask R-CNN ``state_dict`` or one of our checkpoints. If ``num_classes``
+            differs from the weights', the box and mask predictors are replaced by new ones.
+        progress: show a download progress bar.
+        num_classes: number of classes including the background (default: that of ``weights``, or 91).
+        weights_backbone: ``ResNet50_Weights`` (or its name), or a local file with a ResNet-50
+            ``state_dict``; ``None`` trains from scratch. Ignored when ``weights`` is given.
+        trainable_backbone_layers: number of trainable ResNet stages counted from the last (0-5);
+            default 3 with pretrained weights, 5 without.
+        use_f_noise: perturb the backbone body's features with :class:`~fnoise_maskrcnn.FNoise`
+            while training.
+        f_noise_std: the noise scale ``sigma`` (finite, ``>= 0``).
+        f_noise_mode: ``"elementwise"``, ``"channel"``, ``"sample"`` or ``"tensor"``.
+        f_noise_levels: names of the body outputs to perturb, among ``"0"`` (C2) ... ``"3"`` (C5);
+            ``None`` for all.
+        **kwargs: passed to ``torchvision.models.detection.MaskRCNN`` (``min_size``, ``max_size``,
+            ``box_detections_per_img`` ...).
+    """
+    return _build(
+        "resnet50",
+        weights=weights,
+        progress=progress,
+        num_classes=num_classes,
+        weights_backbone=weights_backbone,
+        trainable_backbone_layers=trainable_backbone_layers,
+        use_f_noise=use_f_noise,
+        f_noise_std=f_noise_std,
+        f_noise_mode=f_noise_mode,
+        f_noise_levels=f_noise_levels,
+        **kwargs,
+    )
+
+
+@handle_legacy_interface(weights_backbone=("pretrained_backbone", MobileNet_V3_Large_Weights.IMAGENET1K_V1))
+def maskrcnn_mobilenet_v3_large_fpn(
+    *,
+    weights: Optional[Union[str, os.PathLike]] = None,
+    progress: bool = True,
+    num_classes: Optional[int] = None,
+    weights_backbone: WeightsArg = MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+    trainable_backbone_layers: Optional[int] = None,
+    use_f_noise: bool = False,
+    f_noise_std: float = 0.1,
+    f_noise_mode: str = "elementwise",
+    f_noise_levels: Optional[Sequence[str]] = None,
+    **kwargs: Any,
+) -> MaskRCNN:
+    """Mask R-CNN with a MobileNetV3-Large-FPN backbone and optional F-Noise: the CPU-friendly variant.
+
+    Built as torchvision's ``fasterrcnn_mobilenet_v3_large_fpn`` (the last two stages as FPN levels
+    ``"0"`` and ``"1"``, three anchor sizes per level, ``rpn_score_thresh=0.05``), with the mask
+    head of Mask R-CNN. torchvision publishes no weights for it, so ``weights`` is a local file or
+    ``None``; ``weights_backbone`` is ``MobileNet_V3_Large_Weights`` (or its name) or a local file.
+    Other arguments as for :func:`maskrcnn_resnet50_fpn` (``trainable_backbone_layers`` is 0-6).
+    """
+    return _build(
+        "mobilenet_v3",
+        weights=weights,
+        progress=progress,
+        num_classes=num_classes,
+        weights_backbone=weights_backbone,
+        trainable_backbone_layers=trainable_backbone_layers,
+        use_f_noise=use_f_noise,
+        f_noise_std=f_noise_std,
+        f_noise_mode=f_noise_mode,
+        f_noise_levels=f_noise_levels,
+        **kwargs,
+    )
+
+
+def build_model(
+    config: Mapping[str, Any],
+    *,
+    weights: WeightsArg = None,
+    weights_backbone: WeightsArg = None,
+    progress: bool = True,
+) -> MaskRCNN:
+    """Builds a model from a ``build_config`` dict (as stored in checkpoints under ``model_config``).
+
+    Args:
+        config: ``{"arch", "num_classes", "trainable_backbone_layers", "frozen_batchnorm",
+            "f_noise": {"enabled", "std", "mode", "levels"}, "model_kwargs": {...}}``; missing keys
+            take the factories' defaults (no F-Noise, ResNet-50).
+        weights, weights_backbone: optional initial weights, as for the factories.
+    """
+    f_noise = config.get("f_noise") or {}
+    return _build(
+        config.get("arch", "resnet50"),
+        weights=weights,
+        progress=progress,
+        num_classes=config.get("num_classes"),
+        weights_backbone=weights_backbone,
+        trainable_backbone_layers=config.get("trainable_backbone_layers"),
+        use_f_noise=bool(f_noise.get("enabled", False)),
+        f_noise_std=float(f_noise.get("std", 0.1)),
+        f_noise_mode=f_noise.get("mode", "elementwise"),
+        f_noise_levels=f_noise.get("levels"),
+        frozen_batchnorm=config.get("frozen_batchnorm"),
+        **dict(config.get("model_kwargs") or {}),
+    )
