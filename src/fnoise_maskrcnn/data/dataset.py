@@ -28,9 +28,8 @@ import torch
 from PIL import Image, ImageOps
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
-from torchvision.datasets import CocoDetection, VisionDataset
+from torchvision.datasets import CocoDetection, VisionDataset, wrap_dataset_for_transforms_v2
 from torchvision.transforms.v2 import functional as F
-from torchvision.tv_tensors import wrap_dataset_for_transforms_v2
 
 from .annotations import DatasetError, check_annotations, load_annotation_file
 

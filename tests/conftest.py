@@ -1,0 +1,32 @@
+"""Shared fixtures. ``synthetic_coco``: a small synthetic COCO dataset generated once per test session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fnoise_maskrcnn.data import synthetic
+
+#: The real COCO-format sets next to the repository (see their SOURCE.md); tests skip when absent.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class SyntheticCoco:
+    """8 train + 4 val images of 128-192 px, 4 shape categories, in ``root/images``."""
+
+    root: Path
+    train_ann: Path
+    train_images: Path
+    val_ann: Path
+    val_images: Path
+
+
+@pytest.fixture(scope="session")
+def synthetic_coco(tmp_path_factory) -> SyntheticCoco:
+    splits = synthetic.generate(
+        tmp_path_factory.mktemp("synthetic_coco"), 8, seed=0, num_val_images=4, size_range=(128, 192)
+    )
+    return SyntheticCoco(splits.root, splits.train_ann, splits.train_images, splits.val_ann, splits.val_images)
