@@ -73,6 +73,15 @@ class FNoiseBackboneWithFPN(BackboneWithFPN):
         )
         return wrapped
 
+    def without_f_noise(self) -> BackboneWithFPN:
+        """A plain torchvision ``BackboneWithFPN`` sharing this backbone's ``body`` and ``fpn`` (for export)."""
+        plain = BackboneWithFPN.__new__(BackboneWithFPN)
+        nn.Module.__init__(plain)
+        plain.body = self.body
+        plain.fpn = self.fpn
+        plain.out_channels = self.out_channels
+        return plain
+
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         features = self.body(x)
         features = self.f_noise.perturb_features(features)
