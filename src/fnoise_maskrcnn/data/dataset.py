@@ -226,11 +226,9 @@ class CocoInstances(torch.utils.data.Dataset):
                 "masks": tv_tensors.Mask(torch.zeros((0, height, width), dtype=torch.uint8)),
                 "image_id": target["image_id"],
             }
-        boxes = F.clamp_bounding_boxes(target["boxes"])
+        boxes = tv_tensors.wrap(F.clamp_bounding_boxes(target["boxes"]).float(), like=target["boxes"])
+        labels, masks = target["labels"].to(torch.int64), target["masks"]
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        return {
-            "boxes": tv_tensors.wrap(boxes[keep].float(), like=boxes),
-            "labels": target["labels"][keep].to(torch.int64),
-            "masks": tv_tensors.wrap(target["masks"][keep], like=target["masks"]),
-            "image_id": target["image_id"],
-        }
+        if not keep.all():  # indexing copies the masks: only when something is dropped
+            boxes, labels, masks = boxes[keep], labels[keep], masks[keep]
+        return {"boxes": boxes, "labels": labels, "masks": masks, "image_id": target["image_id"]}

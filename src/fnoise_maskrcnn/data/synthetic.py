@@ -111,6 +111,7 @@ def _render_image(rng: np.random.Generator, image_id: int, size_range: tuple[int
         polygon = _shape_polygon(category["name"], rng, cx, cy, size)
         polygon[:, 0] = polygon[:, 0].clip(0, width - 1)
         polygon[:, 1] = polygon[:, 1].clip(0, height - 1)
+        polygon = np.round(polygon, 2)  # as written to JSON, so that mask and annotation agree
         full = _rasterize(polygon, height, width)
         if full.sum() < _MIN_VISIBLE_PIXELS:
             continue
@@ -128,7 +129,7 @@ def _render_image(rng: np.random.Generator, image_id: int, size_range: tuple[int
             continue  # hidden behind later shapes
         rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
         if visible.sum() == full.sum():
-            segmentation = [np.round(polygon.ravel(), 2).tolist()]
+            segmentation = [polygon.ravel().tolist()]
         else:
             segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
         x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
