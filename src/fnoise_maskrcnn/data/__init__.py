@@ -7,6 +7,7 @@ from .annotations import DatasetError
 from .dataset import CocoInstances
 from .loader import GroupedBatchSampler, build_dataloader, collate_fn, set_epoch
 from .transforms import build_transforms
+from .validation import ValidationReport, validate_coco
 
 __all__ = [
     "CocoInstances",
@@ -16,4 +17,6 @@ __all__ = [
     "build_transforms",
     "collate_fn",
     "set_epoch",
+    "ValidationReport",
+    "validate_coco",
 ]

@@ -56,7 +56,7 @@ def load_annotation_file(ann_file: str | os.PathLike) -> dict:
     return data
 
 
-class _Tally:
+class ProblemTally:
     """Counts problems of each kind and remembers the first example of each."""
 
     def __init__(self) -> None:
@@ -129,7 +129,7 @@ def _clean_segmentation(seg: Any) -> tuple[Any, str | None]:
 def check_annotations(data: dict, ann_file: str | os.PathLike) -> AnnotationCheck:
     """Check the structure and content of a loaded COCO instances dict (see the module docstring)."""
     check = AnnotationCheck(ann_file=Path(ann_file))
-    errors = _Tally()
+    errors = ProblemTally()
 
     image_sizes: dict[int, tuple[int, int]] = {}
     for i, img in enumerate(data["images"]):
