@@ -30,3 +30,11 @@ def synthetic_coco(tmp_path_factory) -> SyntheticCoco:
         tmp_path_factory.mktemp("synthetic_coco"), 8, seed=0, num_val_images=4, size_range=(128, 192)
     )
     return SyntheticCoco(splits.root, splits.train_ann, splits.train_images, splits.val_ann, splits.val_images)
+
+
+@pytest.fixture(scope="session")
+def inference_checkpoint(tmp_path_factory) -> Path:
+    """A small random-weight Mask R-CNN checkpoint for the inference tests (see ``tests/_checkpoints.py``)."""
+    from _checkpoints import write_test_checkpoint
+
+    return write_test_checkpoint(tmp_path_factory.mktemp("inference_checkpoint") / "model.pth")

@@ -1,0 +1,141 @@
+"""Export to ONNX and TorchScript: no F-Noise in the graph, dynamic image size, same outputs as PyTorch."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from fnoise_maskrcnn.checkpoint import model_from_checkpoint
+from fnoise_maskrcnn.export import main as export_main
+from fnoise_maskrcnn.inference import read_image
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+# Detections whose score is this close to the model's box_score_thresh (0.05) may be kept by one
+# runtime and dropped by the other; only those above it must appear in both.
+SCORE_MARGIN = 0.03
+BOX_ATOL = 1.0  # px: PyTorch rescales boxes with float64 ratios, the exported graphs with float32
+SCORE_ATOL = 5e-3
+MASK_MEAN_ATOL = 5e-3  # mean |difference| of a matched pair of soft masks (values in [0, 1])
+
+
+def assert_same_detections(expected: dict, actual: dict, score_thresh: float) -> int:
+    """Every detection above ``score_thresh + SCORE_MARGIN`` in either output has a partner in the other
+    with the same label, box and score; matched soft masks agree on average. Returns the match count."""
+    exp = {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in expected.items()}
+    act = {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in actual.items()}
+    strong = score_thresh + SCORE_MARGIN
+    matched = 0
+    for a, b in ((exp, act), (act, exp)):
+        for i in np.flatnonzero(a["scores"] >= strong):
+            candidates = np.flatnonzero(
+                (b["labels"] == a["labels"][i])
+                & (np.abs(b["boxes"] - a["boxes"][i]).max(axis=1) <= BOX_ATOL)
+                & (np.abs(b["scores"] - a["scores"][i]) <= SCORE_ATOL)
+            )
+            assert candidates.size, f"detection {i} (label {a['labels'][i]}, score {a['scores'][i]:.3f}) has no partner"
+            if a is exp:
+                mask_diff = np.abs(a["masks"][i] - b["masks"][candidates[0]]).mean()
+                assert mask_diff <= MASK_MEAN_ATOL, f"detection {i}: masks differ by {mask_diff:.4f} on average"
+                matched += 1
+    return matched
+
+
+@pytest.fixture(scope="module")
+def pytorch_model(inference_checkpoint):
+    model, checkpoint = model_from_checkpoint(inference_checkpoint)
+    return model, checkpoint
+
+
+@pytest.fixture(scope="module")
+def val_images(synthetic_coco):
+    """The four synthetic val images (128-192 px, all of different sizes)."""
+    images = sorted(json.loads(synthetic_coco.val_ann.read_text())["images"], key=lambda img: img["id"])
+    return [read_image(synthetic_coco.val_images / img["file_name"]) for img in images]
+
+
+@pytest.fixture(scope="module")
+def onnx_file(inference_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    assert export_main(["--checkpoint", str(inference_checkpoint), "--format", "onnx", "--out", str(out)]) == 0
+    return out
+
+
+def run_onnx(session, image: torch.Tensor) -> dict:
+    boxes, labels, scores, masks = session.run(None, {"image": image.numpy()})
+    return {"boxes": boxes, "labels": labels, "scores": scores, "masks": masks}
+
+
+def test_onnx_matches_pytorch_on_images_of_different_sizes(onnx_file, pytorch_model, val_images):
+    model, _ = pytorch_model
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert len({tuple(image.shape) for image in val_images}) == len(val_images) >= 2
+    matched = 0
+    with torch.inference_mode():
+        for image in val_images:
+            expected = model([image])[0]
+            actual = run_onnx(session, image)
+            assert actual["masks"].shape[1:] == (1, *image.shape[1:])  # masks at the input's own size
+            matched += assert_same_detections(expected, actual, model.roi_heads.score_thresh)
+    assert matched >= 4  # the comparison did compare something
+
+
+def test_onnx_image_without_detections(onnx_file, pytorch_model, val_images):
+    model, _ = pytorch_model
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        empty = [image for image in val_images if model([image])[0]["boxes"].shape[0] == 0]
+    assert empty, "the test model detects something in every val image; no image without detections to test"
+    image = empty[0]
+    actual = run_onnx(session, image)
+    assert actual["boxes"].shape == (0, 4) and actual["scores"].shape == (0,) and actual["labels"].shape == (0,)
+    assert actual["masks"].shape == (0, 1, *image.shape[1:])
+
+
+def test_onnx_graph_has_no_f_noise_and_carries_categories(onnx_file, pytorch_model):
+    _, checkpoint = pytorch_model
+    assert checkpoint["model_config"]["f_noise"]["enabled"]  # the checkpoint does use F-Noise
+    proto = onnx.load(str(onnx_file))
+    names = [node.name for node in proto.graph.node] + [init.name for init in proto.graph.initializer]
+    assert names and not [n for n in names if "f_noise" in n.lower() or "fnoise" in n.lower()]
+    assert [i.name for i in proto.graph.input] == ["image"]
+    height, width = (d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim[1:])
+    assert (height, width) == ("height", "width")  # symbolic, not fixed to the example's size
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(metadata["categories"]) == checkpoint["categories"]
+
+
+def test_torchscript_has_no_f_noise_and_matches_pytorch(inference_checkpoint, pytorch_model, val_images, tmp_path):
+    model, checkpoint = pytorch_model
+    out = tmp_path / "model.pt"
+    assert export_main(["--checkpoint", str(inference_checkpoint), "--format", "torchscript", "--out", str(out)]) == 0
+    extra = {"categories.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra["categories.json"]) == checkpoint["categories"]
+    assert not [name for name, _ in scripted.named_modules() if "f_noise" in name]
+    assert "f_noise" not in scripted.backbone.code
+    # Scripted torchvision computes the resize scale in float32, eager PyTorch in float64; for some
+    # sizes the resized image differs by a pixel. The first two val images are not such sizes.
+    with torch.inference_mode():
+        for image in val_images[:2]:
+            expected = model([image])[0]
+            _, detections = scripted([image])
+            for key in ("boxes", "labels", "scores", "masks"):
+                torch.testing.assert_close(detections[0][key], expected[key], rtol=1e-4, atol=1e-4)
+
+
+def test_export_errors_are_one_line(tmp_path, capsys):
+    assert export_main(["--checkpoint", str(tmp_path / "missing.pth"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "missing.pth" in err and "\n" not in err
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    with pytest.raises(SystemExit) as exc:
+        export_main(["--checkpoint", "x.pth", "--format", "tflite", "--out", "m"])
+    assert exc.value.code == 2
