@@ -1,0 +1,103 @@
+"""What a training run writes about itself: ``metrics.jsonl`` and TensorBoard events.
+
+``metrics.jsonl`` has one JSON object per line (schema in README, section Training):
+
+- ``{"type": "iter", "epoch", "iteration", "lr", "loss", "loss_classifier", ..., "time", "data_time"}``
+  for each logged iteration;
+- ``{"type": "epoch", "epoch", "iteration", "train": {...}, "val": {...} | null, "bbox": {...} | null,
+  "segm": {...} | null, "f_noise_nsr": {level: ratio} | null, ...}`` for each epoch.
+
+TensorBoard scalars use the global iteration as step throughout, so that a resumed run can purge
+what the interrupted one wrote after its last checkpoint.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from torch.utils.tensorboard import SummaryWriter
+
+__all__ = ["RunLogger", "truncate_metrics"]
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def truncate_metrics(path: Path, iteration: int, epoch: int) -> None:
+    """Drops the records written after a checkpoint: iterations ``>= iteration`` and epochs ``>= epoch``.
+
+    A resumed run calls it before appending, so the file never holds the same step twice.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if record.get("type") == "iter" and record.get("iteration", 0) >= iteration:
+            continue
+        if record.get("type") == "epoch" and record.get("epoch", 0) >= epoch:
+            continue
+        kept.append(line)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+class RunLogger:
+    """Appends records to ``output_dir/metrics.jsonl`` and mirrors their numbers to TensorBoard.
+
+    Args:
+        output_dir: the run directory.
+        enabled: False on every process but rank 0: then nothing is written.
+        purge_step: when resuming, the global iteration of the checkpoint; TensorBoard events at or after
+            it (left by the interrupted run) are discarded.
+    """
+
+    def __init__(self, output_dir: Path, enabled: bool = True, purge_step: Optional[int] = None) -> None:
+        self.enabled = enabled
+        self.writer: Optional[SummaryWriter] = None
+        self._file = None
+        if enabled:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(log_dir=str(output_dir), purge_step=purge_step)
+            self._file = open(output_dir / METRICS_FILE, "a", buffering=1)
+
+    def scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:
+        """Writes TensorBoard scalars ``prefix + name`` at ``step`` (every iteration, not to metrics.jsonl)."""
+        if self.writer is None:
+            return
+        for name, value in values.items():
+            if value is not None:
+                self.writer.add_scalar(prefix + name, value, step)
+
+    def iteration(self, record: Dict[str, Any]) -> None:
+        """Appends an ``"iter"`` record to metrics.jsonl (TensorBoard is written by :meth:`scalars`)."""
+        self._write({"type": "iter", **record})
+
+    def epoch(self, record: Dict[str, Any]) -> None:
+        """Appends an ``"epoch"`` record and writes its numbers to TensorBoard at ``record["iteration"]``."""
+        self._write({"type": "epoch", **record})
+        step = record["iteration"]
+        for group in ("train", "val", "bbox", "segm"):
+            if record.get(group):
+                self.scalars(record[group], step, prefix=f"epoch_{group}/")
+        if record.get("f_noise_nsr"):
+            self.scalars({f"level_{k}": v for k, v in record["f_noise_nsr"].items()}, step, prefix="f_noise_nsr/")
+        if self.writer is not None:
+            self.writer.flush()
+
+    def _write(self, record: Dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
