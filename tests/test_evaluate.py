@@ -1,0 +1,138 @@
+"""COCO evaluation of a checkpoint: tables and JSON, category matching, both COCOeval backends."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from fnoise_maskrcnn.coco_eval import STAT_NAMES, evaluate_coco
+from fnoise_maskrcnn.evaluate import BACKENDS, _metrics_faster, evaluate_checkpoint, main, run_cocoeval
+
+
+@pytest.fixture(scope="module")
+def edited_val_ann(synthetic_coco, tmp_path_factory):
+    """The synthetic val set with every "star" removed (category kept) and an extra "hexagon" category
+    that the model does not know, with one instance (a copy of the first annotation)."""
+    data = json.loads(synthetic_coco.val_ann.read_text())
+    star = next(c["id"] for c in data["categories"] if c["name"] == "star")
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] != star]
+    data["categories"].append({"id": 7, "name": "hexagon", "supercategory": "shape"})
+    next_id = max(a["id"] for a in data["annotations"]) + 1
+    data["annotations"].append({**data["annotations"][0], "id": next_id, "category_id": 7})
+    path = tmp_path_factory.mktemp("edited_ann") / "val.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_evaluate_prints_tables_and_writes_json(inference_checkpoint, synthetic_coco, edited_val_ann, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    argv = ["--checkpoint", str(inference_checkpoint), "--ann", str(edited_val_ann),
+            "--images", str(synthetic_coco.val_images), "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(out.read_text())
+
+    assert metrics["images"] == 4 and metrics["detections"] > 0
+    for iou_type in ("bbox", "segm"):
+        assert set(metrics[iou_type]) == set(STAT_NAMES)
+        assert all(-1.0 <= v <= 1.0 for v in metrics[iou_type].values())
+        per_category = metrics["per_category"][iou_type]
+        assert set(per_category) == {"circle", "triangle", "rectangle", "star", "hexagon"}
+        assert per_category["star"] is None  # no instance in the set: n/a, not a crash and not 0
+        assert per_category["hexagon"] == 0.0  # instances but the model cannot predict it
+        assert all(v is None or 0.0 <= v <= 1.0 for v in per_category.values())
+    assert metrics["categories_without_predictions"] == ["hexagon"]
+    for name in ("AP50", "APl", "circle", "hexagon"):
+        assert name in printed
+    star_line = next(line for line in printed.splitlines() if line.startswith("star"))
+    assert star_line.split()[1:] == ["n/a", "n/a"]
+
+
+def _results_from_ground_truth(data: dict, jitter: float, seed: int = 0) -> list:
+    """COCO results made from the annotations: boxes moved by up to ``jitter`` of their size, random
+    scores, every fifth label changed; masks are the annotations' own."""
+    rng = np.random.default_rng(seed)
+    sizes = {img["id"]: (img["height"], img["width"]) for img in data["images"]}
+    cat_ids = [c["id"] for c in data["categories"]]
+    results = []
+    for k, ann in enumerate(data["annotations"]):
+        h, w = sizes[ann["image_id"]]
+        segm = ann["segmentation"]
+        rle = mask_utils.merge(mask_utils.frPyObjects(segm, h, w)) if isinstance(segm, list) else segm
+        if isinstance(rle["counts"], bytes):
+            rle = {**rle, "counts": rle["counts"].decode("ascii")}
+        x, y, bw, bh = ann["bbox"]
+        dx, dy = rng.uniform(-jitter, jitter, 2) * (bw, bh)
+        category = ann["category_id"] if k % 5 or not jitter else int(rng.choice(cat_ids))
+        results.append({"image_id": ann["image_id"], "category_id": category, "bbox": [x + dx, y + dy, bw, bh],
+                        "score": 0.9 if not jitter else float(rng.random()), "segmentation": rle})
+    return results
+
+
+def test_perfect_detections_score_ap_one(synthetic_coco):
+    """COCOeval on results made from the ground truth itself gives AP 1 with both backends."""
+    data = json.loads(synthetic_coco.val_ann.read_text())
+    results = _results_from_ground_truth(data, jitter=0.0)
+    cat_ids = [c["id"] for c in data["categories"]]
+    img_ids = [img["id"] for img in data["images"]]
+    for backend in BACKENDS:
+        if backend == "faster-coco-eval":
+            pytest.importorskip("faster_coco_eval")
+        for iou_type in ("bbox", "segm"):
+            stats, _ = run_cocoeval(data, results, iou_type, cat_ids, img_ids, backend)
+            assert stats[0] == pytest.approx(1.0) and stats[1] == pytest.approx(1.0), (backend, iou_type)
+
+
+def test_faster_backend_gives_the_numbers_of_pycocotools(synthetic_coco):
+    """On imperfect detections (0 < AP < 1), faster-coco-eval's metrics equal pycocotools' (the
+    precision arrays to floating-point rounding), per category included."""
+    pytest.importorskip("faster_coco_eval")
+    data = json.loads(synthetic_coco.train_ann.read_text())
+    results = _results_from_ground_truth(data, jitter=0.3)
+    coco_gt = COCO()
+    coco_gt.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt.createIndex()
+    reference = evaluate_coco(coco_gt, results)
+    fast = _metrics_faster(data, results)
+    for iou_type in ("bbox", "segm"):
+        assert 0.05 < reference[iou_type]["AP"] < 0.95  # a case where ranking and matching matter
+        assert fast[iou_type] == pytest.approx(reference[iou_type], abs=1e-12)
+        assert fast["per_category"][iou_type] == pytest.approx(reference["per_category"][iou_type], abs=1e-12)
+    cat_ids = [c["id"] for c in data["categories"]]
+    img_ids = [img["id"] for img in data["images"]]
+    _, precision_ref = run_cocoeval(data, results, "segm", cat_ids, img_ids, "pycocotools")
+    _, precision_fast = run_cocoeval(data, results, "segm", cat_ids, img_ids, "faster-coco-eval")
+    np.testing.assert_allclose(precision_fast, precision_ref, rtol=0, atol=1e-12)
+
+
+def test_evaluate_checkpoint_with_either_backend(inference_checkpoint, synthetic_coco):
+    pytest.importorskip("faster_coco_eval")
+    metrics = {
+        backend: evaluate_checkpoint(inference_checkpoint, synthetic_coco.val_ann, synthetic_coco.val_images, backend=backend)
+        for backend in BACKENDS
+    }
+    reference, fast = metrics["pycocotools"], metrics["faster-coco-eval"]
+    assert reference["detections"] == fast["detections"] > 0
+    for iou_type in ("bbox", "segm"):
+        assert fast[iou_type] == pytest.approx(reference[iou_type], abs=1e-12)
+        assert fast["per_category"][iou_type] == pytest.approx(reference["per_category"][iou_type], abs=1e-12)
+
+
+def test_mismatched_categories_are_a_one_line_error(inference_checkpoint, synthetic_coco, tmp_path, capsys):
+    data = json.loads(synthetic_coco.val_ann.read_text())
+    data["categories"][0]["name"] = "person"
+    ann = tmp_path / "other.json"
+    ann.write_text(json.dumps(data))
+    argv = ["--checkpoint", str(inference_checkpoint), "--ann", str(ann), "--images", str(synthetic_coco.val_images),
+            "--out", str(tmp_path / "m.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "person" in err and "\n" not in err
+    assert not (tmp_path / "m.json").exists()
