@@ -9,9 +9,10 @@ Every model built here carries ``model.build_config``: the plain-dict configurat
 """
 
 import copy
+import functools
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 from urllib.error import URLError
 
 import torch
@@ -41,9 +42,31 @@ ARCHITECTURES = ("resnet50", "mobilenet_v3")
 WeightsArg = Optional[Union[WeightsEnum, str, os.PathLike]]
 
 
+class _LocalPath(str):
+    """A weights path given as a path object, kept a ``str`` so that torchvision's legacy handling passes it on."""
+
+
+def _accept_path_objects(builder: Callable[..., MaskRCNN]) -> Callable[..., MaskRCNN]:
+    """Lets ``weights``/``weights_backbone`` be ``os.PathLike``.
+
+    torchvision's ``handle_legacy_interface`` reads any value that is neither a weights enum, a string
+    nor ``None`` as the legacy ``pretrained=True`` (a ``pathlib.Path`` would download COCO weights), so
+    path objects are turned into :class:`_LocalPath` strings before it sees them.
+    """
+
+    @functools.wraps(builder)
+    def wrapper(*args: Any, **kwargs: Any) -> MaskRCNN:
+        for name in ("weights", "weights_backbone"):
+            if isinstance(kwargs.get(name), os.PathLike):
+                kwargs[name] = _LocalPath(os.fspath(kwargs[name]))
+        return builder(*args, **kwargs)
+
+    return wrapper
+
+
 def _is_local_path(value: Any) -> bool:
     """A weights argument names a local file if it is a path object or a string that looks like one."""
-    if isinstance(value, os.PathLike):
+    if isinstance(value, (os.PathLike, _LocalPath)):
         return True
     return isinstance(value, str) and (os.sep in value or value.endswith((".pth", ".pt")) or Path(value).exists())
 
@@ -65,7 +88,13 @@ def _load_weights(
         return state_dict, config, None
     if enum_type is None:
         raise ValueError(f"{argument}: torchvision publishes no weights for this model; pass a local file path")
-    enum = enum_type.verify(weights)
+    try:
+        enum = enum_type.verify(weights)
+    except KeyError:
+        names = ", ".join(enum_type.__members__)  # aliases such as DEFAULT included
+        raise ValueError(
+            f"{argument}: unknown weights {weights!r}; allowed: {names}, a {enum_type.__name__} or a local file path"
+        ) from None
     try:
         state_dict = enum.get_state_dict(progress=progress, check_hash=True)
     except (URLError, OSError) as exc:
@@ -190,6 +219,7 @@ def _build(
     return model
 
 
+@_accept_path_objects
 @handle_legacy_interface(
     weights=("pretrained", MaskRCNN_ResNet50_FPN_Weights.COCO_V1),
     weights_backbone=("pretrained_backbone", ResNet50_Weights.IMAGENET1K_V1),
@@ -253,6 +283,7 @@ def maskrcnn_resnet50_fpn(
     )
 
 
+@_accept_path_objects
 @handle_legacy_interface(weights_backbone=("pretrained_backbone", MobileNet_V3_Large_Weights.IMAGENET1K_V1))
 def maskrcnn_mobilenet_v3_large_fpn(
     *,
