@@ -90,7 +90,8 @@ def test_training_lowers_the_loss(synthetic_coco, tmp_path):
 def test_resume_is_exact(synthetic_coco, tmp_path, monkeypatch):
     """2 epochs straight == 1 epoch, resume, SIGINT in the middle of epoch 2, resume again (CPU, deterministic)."""
     common = [*data_flags(synthetic_coco), *TINY_MODEL, "--max-images", "4", "-b", "2", "--f-noise",
-              "--lr", "0.01", "--warmup-iters", "2", "--workers", "0", "--deterministic", "--seed", "3"]  # fmt: skip
+              "--lr", "0.01", "--lr-steps", "1", "--warmup-iters", "2", "--workers", "0", "--deterministic",
+              "--seed", "3"]  # fmt: skip
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert train.main([*common, "--epochs", "2", "--output-dir", str(straight)]) == 0
 

@@ -482,7 +482,8 @@ def evaluate_ap(
 ) -> Optional[Dict[str, Any]]:
     """COCO bbox and segm AP of the model on ``data_loader``'s images, gathered across processes.
 
-    Returns :func:`fnoise_maskrcnn.coco_eval.evaluate_coco`'s dict on rank 0 and None elsewhere.
+    Returns :func:`fnoise_maskrcnn.coco_eval.evaluate_coco`'s dict, plus ``num_images`` (images
+    predicted), on rank 0 and None elsewhere.
     Images a ``DistributedSampler`` repeated to even out the shards are counted once.
     """
     model = _unwrap(model)
@@ -507,4 +508,6 @@ def evaluate_ap(
     for part in gathered:
         merged.update(part)
     results = [entry for image_id in sorted(merged) for entry in merged[image_id]]
-    return evaluate_coco(coco_gt, results, cat_ids=[int(c["id"]) for c in categories])
+    metrics = evaluate_coco(coco_gt, results, cat_ids=[int(c["id"]) for c in categories])
+    metrics["num_images"] = len(merged)
+    return metrics

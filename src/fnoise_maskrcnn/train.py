@@ -340,8 +340,8 @@ class Run:
         if args.lr is None:
             base = REFERENCE_LR if args.opt == "sgd" else 1e-4
             args.lr = base * args.batch_size * ctx.world_size / REFERENCE_BATCH
-        if args.lr_steps is None:
-            args.lr_steps = [round(args.epochs * 16 / 26), round(args.epochs * 22 / 26)]
+        # Left unresolved in args, so that a resumed run with a new --epochs gets the matching default.
+        self.lr_steps = args.lr_steps or [round(args.epochs * 16 / 26), round(args.epochs * 22 / 26)]
 
         self.train_set = CocoInstances(
             self.data.train_images, self.data.train_ann,
@@ -406,12 +406,12 @@ class Run:
             )
         else:
             self.optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-        schedule = LrSchedule(
+        self.schedule = LrSchedule(
             args.lr_scheduler, self.iters_per_epoch, self.iters_per_epoch * args.epochs,
-            milestones=args.lr_steps, gamma=args.lr_gamma,
+            milestones=self.lr_steps, gamma=args.lr_gamma,
             warmup_iters=min(args.warmup_iters, max(self.iters_per_epoch - 1, 0)),
         )  # fmt: skip
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.scaler = torch.amp.GradScaler("cuda") if args.amp and self.device.type == "cuda" else None
         self.state = TrainState()
         self.data_rng = DataRng(self._data_seed(0))
@@ -433,7 +433,10 @@ class Run:
             raise UserError(f"{path}: its model_config differs from the one these flags build")
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        # The position comes from the checkpoint, the schedule from these flags (e.g. a longer --epochs).
+        schedule = dict(vars(self.schedule))
         self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        vars(self.schedule).update(schedule)
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.state = TrainState.from_state_dict(checkpoint["train_state"])
@@ -515,6 +518,7 @@ def _resolved_config(run: Run) -> Dict[str, Any]:
         "num_train_images": len(run.train_set),
         "num_val_images": len(run.val_set) if run.val_set is not None else 0,
         "categories": run.categories,
+        "lr_steps": run.lr_steps,
         "model_config": run.model_config,
         "torch": torch.__version__,
     }
@@ -601,7 +605,8 @@ def _train(run: Run) -> int:
                     record["val"] = result["val"]
                     metrics = result["metrics"]
                     if ctx.is_main:
-                        record.update(bbox=metrics["bbox"], segm=metrics["segm"], per_category=metrics["per_category"])
+                        record.update(bbox=metrics["bbox"], segm=metrics["segm"], per_category=metrics["per_category"],
+                                      val_images_evaluated=metrics["num_images"])
                         print("Validation losses: " + "  ".join(f"{k}: {v:.4f}" for k, v in record["val"].items()))
                         print(format_metrics_table(metrics), flush=True)
                     segm_ap = dist_utils.all_gather_objects(metrics["segm"]["AP"] if metrics else None)[0]
