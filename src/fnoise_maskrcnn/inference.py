@@ -22,6 +22,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 __all__ = [
     "ImageError",
+    "ImageTooLargeError",
     "resolve_device",
     "open_image",
     "read_image",
@@ -48,6 +49,10 @@ class ImageError(ValueError):
     """An input is not a decodable image, or is too large (one-line message)."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image has more pixels than allowed."""
+
+
 def resolve_device(name: Optional[str]) -> torch.device:
     """``None`` or ``"auto"``: the GPU when there is one, else the CPU; otherwise ``torch.device(name)``."""
     if name in (None, "auto"):
@@ -62,17 +67,18 @@ def open_image(data: bytes, max_pixels: Optional[int] = None, source: str = "ima
     """Opens encoded image bytes and checks the size from the header, before decoding any pixel.
 
     Raises:
-        ImageError: not an image PIL can read, or ``width * height > max_pixels``.
+        ImageTooLargeError: ``width * height > max_pixels`` (or over PIL's decompression-bomb limit).
+        ImageError: not an image PIL can read.
     """
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{source}: {exc}") from exc
+        raise ImageTooLargeError(f"{source}: {exc}") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise ImageError(f"{source}: not a readable image ({exc.__class__.__name__})") from exc
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageError(f"{source}: image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
+        raise ImageTooLargeError(f"{source}: image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
     return image
 
 
