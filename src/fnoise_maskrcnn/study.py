@@ -1,0 +1,374 @@
+"""Training runs as data: reading run directories, grouping them into arms, statistics over seeds.
+
+A run directory (written by ``python -m fnoise_maskrcnn.train``) holds ``config.json`` and
+``metrics.jsonl``. Runs whose configurations agree on everything but the seed (and bookkeeping such
+as the output directory) form one *arm*, e.g. "baseline" or "F-Noise σ=0.1 (elementwise, all
+levels)"; the runs of an arm are its seeds. This module has no plotting: see
+:mod:`fnoise_maskrcnn.compare` for the figure, the tables and the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "LOSS_KEYS",
+    "F_NOISE_KEYS",
+    "DEFAULT_IGNORED_KEYS",
+    "RunError",
+    "Run",
+    "Arm",
+    "Stat",
+    "Difference",
+    "load_run",
+    "group_runs",
+    "iteration_series",
+    "epoch_series",
+    "smooth",
+    "final_epoch",
+    "final_values",
+    "describe",
+    "difference",
+]
+
+#: The total loss first, then the five components of torchvision's Mask R-CNN.
+LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+F_NOISE_KEYS = ("f_noise", "f_noise_std", "f_noise_mode", "f_noise_levels")
+#: config.json keys that never make two runs different arms: the seed, bookkeeping that does not change
+#: what is learnt, and ``model_config`` (derived from the flags that are compared themselves).
+DEFAULT_IGNORED_KEYS = (
+    "seed", "output_dir", "resume", "print_freq", "visualize_every", "workers", "test_only", "eval_every",
+    "model_config",
+)
+
+
+class RunError(ValueError):
+    """A run directory is missing, incomplete or malformed (one-line message naming the file)."""
+
+
+@dataclass
+class Run:
+    """One training run.
+
+    Attributes:
+        path: the run directory.
+        config: ``config.json``.
+        iterations: the ``"iter"`` records of ``metrics.jsonl``, by increasing ``iteration``.
+        epochs: the ``"epoch"`` records, by increasing ``epoch``.
+    """
+
+    path: Path
+    config: Dict[str, Any]
+    iterations: List[Dict[str, Any]]
+    epochs: List[Dict[str, Any]]
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+
+@dataclass
+class Arm:
+    """Runs with the same configuration except the seed.
+
+    Attributes:
+        label: e.g. ``"baseline"`` or ``"F-Noise σ=0.1 (elementwise, all levels)"``.
+        key: the configuration values that define the arm (F-Noise settings and whatever else differs
+            between the compared runs), with F-Noise settings dropped when F-Noise is off.
+        runs: the arm's runs, by seed.
+    """
+
+    label: str
+    key: Dict[str, Any]
+    runs: List[Run] = field(default_factory=list)
+
+    @property
+    def is_baseline(self) -> bool:
+        return not self.key.get("f_noise")
+
+    @property
+    def seeds(self) -> List[Any]:
+        return [run.seed for run in self.runs]
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (``ddof=1``; ``None`` for one value) of ``values`` over seeds."""
+
+    mean: float
+    std: Optional[float]
+    n: int
+    values: Tuple[float, ...]
+    seeds: Tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``arm - reference`` for one metric, with its uncertainty from seed to seed.
+
+    Attributes:
+        mean: difference of the means.
+        std: spread of the difference: for paired seeds the sample std of the per-seed differences,
+            otherwise ``sqrt(s1^2 + s2^2)`` scaled so that ``std / sqrt(n)`` is the standard error.
+        stderr: standard error of ``mean`` (``None`` when a side has a single seed).
+        ci95: 95% confidence interval from Student's t (``None`` when ``stderr`` is ``None``).
+        paired: whether the same seeds were compared pairwise (same initial weights and data order).
+        n: number of pairs (paired) or ``min(n1, n2)``.
+        verdict: ``"within seed noise"``, ``"beyond seed noise"`` or ``"seed noise unknown (one seed)"``.
+    """
+
+    mean: float
+    std: Optional[float]
+    stderr: Optional[float]
+    ci95: Optional[Tuple[float, float]]
+    paired: bool
+    n: int
+    verdict: str
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise RunError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+
+
+def load_run(path: Path) -> Run:
+    """Reads a run directory's ``config.json`` and ``metrics.jsonl``.
+
+    An incomplete last line (a run still being written) is ignored; any other malformed line is an error.
+
+    Raises:
+        RunError: the directory or a file is missing, or a file is malformed (message names the file).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path}: not a run directory (no such directory)")
+    config_file, metrics_file = path / "config.json", path / "metrics.jsonl"
+    for required in (config_file, metrics_file):
+        if not required.is_file():
+            raise RunError(f"{required}: missing (is {path} a run directory of fnoise_maskrcnn.train?)")
+    config = _read_json(config_file)
+    if not isinstance(config, dict):
+        raise RunError(f"{config_file}: expected a JSON object")
+    text = metrics_file.read_text()
+    lines = text.splitlines()
+    iterations, epochs = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # the run is writing this line right now
+            raise RunError(f"{metrics_file}:{number}: not valid JSON ({exc.msg})") from exc
+        kind = record.get("type") if isinstance(record, dict) else None
+        if kind == "iter":
+            if not isinstance(record.get("iteration"), int) or not isinstance(record.get("loss"), (int, float)):
+                raise RunError(f"{metrics_file}:{number}: an 'iter' record needs an integer 'iteration' and a 'loss'")
+            iterations.append(record)
+        elif kind == "epoch":
+            if not isinstance(record.get("epoch"), int):
+                raise RunError(f"{metrics_file}:{number}: an 'epoch' record needs an integer 'epoch'")
+            epochs.append(record)
+        else:
+            raise RunError(f"{metrics_file}:{number}: expected a record with 'type' 'iter' or 'epoch'")
+    iterations.sort(key=lambda r: r["iteration"])
+    epochs.sort(key=lambda r: r["epoch"])
+    return Run(path, config, iterations, epochs)
+
+
+def _arm_config(config: Mapping[str, Any], ignored: Iterable[str]) -> Dict[str, Any]:
+    """The configuration that matters for grouping: ignored keys removed, F-Noise settings only if on."""
+    ignored = set(ignored)
+    kept = {k: v for k, v in config.items() if k not in ignored}
+    kept["f_noise"] = bool(config.get("f_noise", False))
+    if not kept["f_noise"]:
+        for key in F_NOISE_KEYS[1:]:
+            kept.pop(key, None)
+    return kept
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _label(key: Mapping[str, Any]) -> str:
+    if key.get("f_noise"):
+        levels = key.get("f_noise_levels")
+        if not levels:
+            where = "all levels"
+        else:
+            where = ("level " if len(levels) == 1 else "levels ") + ", ".join(str(level) for level in levels)
+        std = key.get("f_noise_std")
+        sigma = "?" if std is None else f"{float(std):g}"
+        label = f"F-Noise σ={sigma} ({key.get('f_noise_mode', 'elementwise')}, {where})"
+    else:
+        label = "baseline"
+    others = [f"{k}={_format_value(v)}" for k, v in key.items() if k not in F_NOISE_KEYS]
+    return ", ".join([label, *others])
+
+
+def group_runs(runs: Sequence[Run], ignored_keys: Iterable[str] = DEFAULT_IGNORED_KEYS) -> List[Arm]:
+    """Groups runs into arms by configuration; baseline arms first, then F-Noise arms by sigma.
+
+    An arm's key holds the F-Noise settings and every other configuration value that differs between
+    the given runs (keys in ``ignored_keys`` never count).
+
+    Raises:
+        RunError: two runs of the same arm have the same seed (they would not be independent samples).
+    """
+    ignored = set(ignored_keys)
+    configs = [_arm_config(run.config, ignored) for run in runs]
+    all_keys = sorted({k for config in configs for k in config})
+    varying = [
+        k for k in all_keys
+        if k not in F_NOISE_KEYS and len({_canonical(config.get(k)) for config in configs}) > 1
+    ]
+    arms: Dict[str, Arm] = {}
+    for run, config in zip(runs, configs):
+        key = {k: config[k] for k in F_NOISE_KEYS if k in config}
+        key.update({k: config.get(k) for k in varying})
+        identity = _canonical(key)
+        arm = arms.setdefault(identity, Arm(_label(key), key))
+        for other in arm.runs:
+            if _canonical(other.seed) == _canonical(run.seed):
+                raise RunError(
+                    f"{run.path}: same arm ({arm.label}) and seed ({run.seed}) as {other.path}; pass only one of them"
+                )
+        arm.runs.append(run)
+    for arm in arms.values():
+        arm.runs.sort(key=lambda r: _canonical(r.seed))
+
+    def order(arm: Arm) -> Tuple:
+        std = float(arm.key.get("f_noise_std") or 0.0) if arm.key.get("f_noise") else -1.0
+        return (not arm.is_baseline, std, arm.label)
+
+    return sorted(arms.values(), key=order)
+
+
+def _nested(record: Mapping[str, Any], path: str) -> Optional[float]:
+    value: Any = record
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def iteration_series(run: Run, key: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``(iterations int64 [T], values float64 [T])`` of an ``"iter"`` key (e.g. ``"loss"``), missing values skipped."""
+    points = [(r["iteration"], _nested(r, key)) for r in run.iterations]
+    points = [(i, v) for i, v in points if v is not None]
+    return np.array([p[0] for p in points], dtype=np.int64), np.array([p[1] for p in points], dtype=np.float64)
+
+
+def epoch_series(run: Run, path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``(epochs int64 [E], values float64 [E])`` of a dotted key of the ``"epoch"`` records, e.g. ``"bbox.AP"``."""
+    points = [(r["epoch"], _nested(r, path)) for r in run.epochs]
+    points = [(e, v) for e, v in points if v is not None]
+    return np.array([p[0] for p in points], dtype=np.int64), np.array([p[1] for p in points], dtype=np.float64)
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average over ``window`` points (shrinking at the ends); same shape as ``values``."""
+    if window <= 1 or values.size == 0:
+        return values.astype(np.float64)
+    kernel = np.ones(window)
+    sums = np.convolve(values, kernel, mode="same")
+    counts = np.convolve(np.ones_like(values, dtype=np.float64), kernel, mode="same")
+    return sums / counts
+
+
+def final_epoch(arms: Sequence[Arm]) -> Optional[int]:
+    """The last epoch that every run of every arm has finished (``None`` if some run has no epoch yet)."""
+    lasts = [run.epochs[-1]["epoch"] if run.epochs else None for arm in arms for run in arm.runs]
+    if not lasts or any(last is None for last in lasts):
+        return None
+    return min(lasts)
+
+
+def final_values(arm: Arm, path: str, epoch: int) -> Tuple[List[float], List[Any]]:
+    """Values of a dotted epoch key at ``epoch`` for each run of the arm that has it, and their seeds."""
+    values, seeds = [], []
+    for run in arm.runs:
+        record = next((r for r in run.epochs if r["epoch"] == epoch), None)
+        value = None if record is None else _nested(record, path)
+        if value is not None:
+            values.append(value)
+            seeds.append(run.seed)
+    return values, seeds
+
+
+def describe(values: Sequence[float], seeds: Sequence[Any] = ()) -> Optional[Stat]:
+    """Mean and sample std of ``values`` (``None`` when empty)."""
+    if not values:
+        return None
+    array = np.asarray(values, dtype=np.float64)
+    std = float(array.std(ddof=1)) if array.size > 1 else None
+    return Stat(float(array.mean()), std, int(array.size), tuple(float(v) for v in array), tuple(seeds))
+
+
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def _t975(df: float) -> float:
+    if df < 1:
+        return _T975[0]
+    if df > len(_T975):
+        return 1.96
+    return _T975[int(math.floor(df)) - 1]  # rounding df down is conservative
+
+
+def difference(arm: Stat, reference: Stat) -> Difference:
+    """``arm - reference`` with a 95% confidence interval over seeds.
+
+    When both sides have the same seeds (the study's design: same seed, same initial weights and data
+    order), the per-seed differences are used (paired); otherwise Welch's unpaired interval.
+    """
+    seeds, reference_seeds = sorted(map(str, arm.seeds)), sorted(map(str, reference.seeds))
+    paired = bool(seeds) and seeds == reference_seeds and len(set(seeds)) == len(seeds) == arm.n
+    if paired:
+        by_seed = dict(zip(map(str, reference.seeds), reference.values))
+        diffs = np.array([v - by_seed[str(s)] for s, v in zip(arm.seeds, arm.values)])
+        mean, n = float(diffs.mean()), int(diffs.size)
+        if n < 2:
+            return Difference(mean, None, None, None, True, n, "seed noise unknown (one seed)")
+        std = float(diffs.std(ddof=1))
+        stderr = std / math.sqrt(n)
+        df = float(n - 1)
+    else:
+        mean, n = arm.mean - reference.mean, min(arm.n, reference.n)
+        if arm.std is None or reference.std is None:
+            return Difference(mean, None, None, None, False, n, "seed noise unknown (one seed)")
+        va, vr = arm.std**2 / arm.n, reference.std**2 / reference.n
+        stderr = math.sqrt(va + vr)
+        std = stderr * math.sqrt(n)
+        denominator = (va**2 / (arm.n - 1) if va else 0.0) + (vr**2 / (reference.n - 1) if vr else 0.0)
+        df = (va + vr) ** 2 / denominator if denominator > 0 else float(arm.n + reference.n - 2)
+    half = _t975(df) * stderr
+    ci = (mean - half, mean + half)
+    verdict = "within seed noise" if ci[0] <= 0.0 <= ci[1] else "beyond seed noise"
+    return Difference(mean, std, stderr, ci, paired, n, verdict)

@@ -1,0 +1,317 @@
+"""The with/without F-Noise comparison on fabricated runs with known numbers."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pytest
+from PIL import Image
+
+from fnoise_maskrcnn.compare import STUDY_TRAIN_FLAGS, main, summarize, train_arms
+from fnoise_maskrcnn.study import RunError, group_runs, load_run
+
+COMPONENTS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+
+# final (last common epoch) values per seed 0, 1, 2
+BASE_TRAIN = [1.0, 1.2, 1.4]
+NOISE_TRAIN = [1.1, 1.25, 1.6]  # paired differences 0.1, 0.05, 0.2: within seed noise
+BASE_VAL = [1.0, 1.01, 1.02]
+NOISE_VAL = [0.5, 0.52, 0.51]  # paired differences -0.5, -0.49, -0.51: beyond seed noise
+BASE_SEGM = [0.30, 0.32, 0.34]
+NOISE_SEGM = [0.31, 0.30, 0.36]
+
+
+def write_run(
+    path: Path,
+    seed: int,
+    f_noise: bool,
+    final_train: float,
+    final_val: Optional[float],
+    final_segm: Optional[float],
+    *,
+    epochs: int = 2,
+    iters_per_epoch: int = 10,
+    std: float = 0.1,
+    levels: Optional[Sequence[str]] = None,
+    **config,
+) -> Path:
+    """A run directory as train writes it; the last epoch's train/val loss and segm AP are the given values."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({
+        "seed": seed, "output_dir": str(path), "f_noise": f_noise, "f_noise_std": std,
+        "f_noise_mode": "elementwise", "f_noise_levels": levels, "model": "mobilenet_v3", "epochs": epochs,
+        "model_config": {"f_noise": {"enabled": f_noise, "std": std}}, **config,
+    }))
+    lines = []
+    for epoch in range(epochs):
+        for i in range(iters_per_epoch):
+            iteration = epoch * iters_per_epoch + i
+            parts = {k: 0.2 + 0.01 * seed + 1.0 / (iteration + 1) for k in COMPONENTS}
+            lines.append({"type": "iter", "epoch": epoch, "iteration": iteration, "lr": 0.01,
+                          "loss": sum(parts.values()), **parts, "time": 0.1, "data_time": 0.01})
+        last = epoch == epochs - 1
+        extra = 0.5 * (epochs - 1 - epoch)  # earlier epochs have higher losses, lower AP
+        lines.append({
+            "type": "epoch", "epoch": epoch, "iteration": (epoch + 1) * iters_per_epoch,
+            "train": {"loss": final_train + extra, **{k: final_train / 5 for k in COMPONENTS}},
+            "val": None if final_val is None else {"loss": final_val + extra},
+            "bbox": None if final_segm is None else {"AP": final_segm + 0.05 - 0.1 * (not last)},
+            "segm": None if final_segm is None else {"AP": final_segm - 0.1 * (not last)},
+            "f_noise_nsr": {"0": std} if f_noise else None,
+        })
+    (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+@pytest.fixture
+def study(tmp_path) -> Path:
+    for seed in range(3):
+        write_run(tmp_path / "baseline" / f"seed{seed}", seed, False, BASE_TRAIN[seed], BASE_VAL[seed], BASE_SEGM[seed])
+        write_run(tmp_path / "fnoise" / f"seed{seed}", seed, True, NOISE_TRAIN[seed], NOISE_VAL[seed], NOISE_SEGM[seed])
+    return tmp_path
+
+
+def _runs(root: Path):
+    return [load_run(path) for path in sorted(root.glob("*/seed*"))]
+
+
+def test_groups_runs_into_arms_by_configuration(study, tmp_path):
+    write_run(tmp_path / "fnoise03" / "seed0", 0, True, 1.0, 1.0, 0.3, std=0.3, levels=["3"])
+    write_run(tmp_path / "fnoise03" / "seed1", 1, True, 1.0, 1.0, 0.3, std=0.3, levels=["3"])
+    # F-Noise settings of a baseline run do not matter: still the same baseline arm
+    write_run(tmp_path / "baseline" / "seed7", 7, False, 1.0, 1.0, 0.3, std=0.5)
+
+    arms = group_runs(_runs(tmp_path))
+
+    assert [arm.label for arm in arms] == [
+        "baseline", "F-Noise σ=0.1 (elementwise, all levels)", "F-Noise σ=0.3 (elementwise, level 3)",
+    ]
+    assert [arm.seeds for arm in arms] == [[0, 1, 2, 7], [0, 1, 2], [0, 1]]
+    assert arms[0].is_baseline and not arms[1].is_baseline
+
+
+def test_other_differences_split_arms_and_show_in_labels(tmp_path):
+    write_run(tmp_path / "a", 0, False, 1.0, 1.0, 0.3, lr=0.01)
+    write_run(tmp_path / "b", 1, False, 1.0, 1.0, 0.3, lr=0.02)
+    write_run(tmp_path / "c", 1, True, 1.0, 1.0, 0.3, lr=0.02)
+    arms = group_runs(_runs_of(tmp_path, "abc"))
+    assert [arm.label for arm in arms] == [
+        "baseline, lr=0.01", "baseline, lr=0.02", "F-Noise σ=0.1 (elementwise, all levels), lr=0.02",
+    ]
+    # the F-Noise arm is compared with the baseline that has the same lr
+    assert {d["reference"] for d in summarize(arms)["differences"]} == {"baseline, lr=0.02"}
+    # an ignored key does not split arms
+    assert len(group_runs(_runs_of(tmp_path, "ab"), ignored_keys=("seed", "output_dir", "lr"))) == 1
+
+
+def _runs_of(root: Path, names: str):
+    return [load_run(root / name) for name in names]
+
+
+def test_summary_reports_mean_std_n_and_paired_differences(study):
+    summary = summarize(group_runs(_runs(study)))
+
+    assert summary["epoch"] == 1
+    baseline, noise = summary["arms"]
+    assert baseline["label"] == "baseline" and baseline["seeds"] == [0, 1, 2]
+    for arm, train, val, segm in ((baseline, BASE_TRAIN, BASE_VAL, BASE_SEGM), (noise, NOISE_TRAIN, NOISE_VAL, NOISE_SEGM)):
+        metrics = arm["metrics"]
+        assert metrics["train_loss"]["n"] == 3
+        assert metrics["train_loss"]["mean"] == pytest.approx(statistics.mean(train))
+        assert metrics["train_loss"]["std"] == pytest.approx(statistics.stdev(train))
+        assert metrics["val_loss"]["mean"] == pytest.approx(statistics.mean(val))
+        assert metrics["val_loss"]["std"] == pytest.approx(statistics.stdev(val))
+        assert metrics["segm_AP"]["mean"] == pytest.approx(statistics.mean(segm))
+        assert metrics["bbox_AP"]["mean"] == pytest.approx(statistics.mean(segm) + 0.05)
+        assert metrics["segm_AP"]["values"] == pytest.approx(segm)
+
+    diffs = {d["metric"]: d for d in summary["differences"]}
+    train_diffs = [n - b for n, b in zip(NOISE_TRAIN, BASE_TRAIN)]
+    half_width = 4.303 * statistics.stdev(train_diffs) / 3**0.5  # Student's t, 2 degrees of freedom
+    assert diffs["train_loss"]["paired"] and diffs["train_loss"]["n"] == 3
+    assert diffs["train_loss"]["mean"] == pytest.approx(statistics.mean(train_diffs))
+    assert diffs["train_loss"]["std"] == pytest.approx(statistics.stdev(train_diffs))
+    assert diffs["train_loss"]["ci95"] == pytest.approx(
+        [statistics.mean(train_diffs) - half_width, statistics.mean(train_diffs) + half_width], rel=1e-3
+    )
+    assert diffs["train_loss"]["verdict"] == "within seed noise"
+    assert diffs["val_loss"]["mean"] == pytest.approx(-0.5)
+    assert diffs["val_loss"]["verdict"] == "beyond seed noise"
+
+
+def test_runs_of_different_lengths_are_compared_at_the_common_epoch(tmp_path):
+    write_run(tmp_path / "a", 0, False, 1.0, 1.0, 0.3, epochs=2)
+    write_run(tmp_path / "b", 0, True, 2.0, 1.5, 0.2, epochs=3)
+    # run a is still running its third epoch
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    (tmp_path / "a" / "config.json").write_text(json.dumps({**config, "epochs": 3}))
+    summary = summarize(group_runs(_runs_of(tmp_path, "ab")))
+    assert summary["epoch"] == 1
+    # run b's epoch 1 is one epoch before its last: final value + 0.5
+    assert summary["arms"][1]["metrics"]["train_loss"]["mean"] == pytest.approx(2.5)
+    assert summary["arms"][1]["metrics"]["train_loss"]["std"] is None
+    assert summary["differences"][0]["verdict"] == "seed noise unknown (one seed)"
+
+
+def test_cli_writes_figure_and_tables(study, tmp_path, capsys):
+    out = tmp_path / "report" / "comparison.png"
+    assert main([*map(str, sorted(study.glob("*/seed*"))), "--out", str(out), "--title", "test"]) == 0
+
+    with Image.open(out) as png:
+        assert png.format == "PNG"
+        # three columns (two arms + overlay), ten rows of panels
+        assert 600 <= png.width <= 1200 and png.height >= 1200
+    markdown = out.with_suffix(".md").read_text()
+    assert "| baseline | 3 (0, 1, 2) | 1.2000 ± 0.2000 | 1.0100 ± 0.0100 | 0.3700 ± 0.0200 | 0.3200 ± 0.0200 |" in markdown
+    assert "| F-Noise σ=0.1 (elementwise, all levels) | validation loss | -0.5000 ± 0.0100 |" in markdown
+    assert "beyond seed noise" in markdown and "within seed noise" in markdown
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["arms"][1]["metrics"]["train_loss"]["mean"] == pytest.approx(statistics.mean(NOISE_TRAIN))
+    assert "| baseline | 3 (0, 1, 2) |" in capsys.readouterr().out
+
+
+def test_runs_without_validation_or_epochs(tmp_path):
+    write_run(tmp_path / "a", 0, False, 1.0, None, None)
+    write_run(tmp_path / "b", 0, True, 1.1, None, None)
+    out = tmp_path / "c.png"
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["arms"][0]["metrics"]["val_loss"] is None
+    assert {d["metric"] for d in summary["differences"]} == {"train_loss"}
+
+    # a run still in its first epoch: curves but no final values
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "a" / "metrics.jsonl").write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert "No run has finished an epoch yet" in out.with_suffix(".md").read_text()
+    assert len(load_run(tmp_path / "a").iterations) == 5  # the half-written line is ignored
+
+
+def test_bad_runs_give_one_line_errors(study, tmp_path, capsys):
+    (study / "baseline" / "seed1" / "metrics.jsonl").write_text('{"type": "iter"\n{"type": "iter"}\n')
+    assert main([str(study / "baseline" / "seed1"), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {study / 'baseline' / 'seed1' / 'metrics.jsonl'}:1: not valid JSON (Expecting ',' delimiter)"
+
+    (study / "fnoise" / "seed0" / "config.json").unlink()
+    assert main([str(study / "fnoise" / "seed0"), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {study / 'fnoise' / 'seed0' / 'config.json'}: missing") and "\n" not in err
+
+    assert main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(study / "fnoise" / "seed1")])
+    assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_same_arm_and_seed_twice_is_an_error(tmp_path):
+    write_run(tmp_path / "a", 0, True, 1.0, 1.0, 0.3)
+    write_run(tmp_path / "b", 0, True, 1.0, 1.0, 0.3)
+    with pytest.raises(RunError, match="same arm .* and seed"):
+        group_runs(_runs_of(tmp_path, "ab"))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--seed", "3"], "--seed is set by compare"),
+        (["--f-noise"], "--f-noise is added by compare"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--seeds", "1", "1"], "--seeds must be distinct"),
+    ],
+)
+def test_train_mode_checks_flags_before_training(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--train", "--output-dir", str(tmp_path / "study"), *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()
+
+
+FAKE_TRAIN = """\
+import json, sys
+from pathlib import Path
+argv = sys.argv[1:]
+assert argv[:2] == ["-m", "fnoise_maskrcnn.train"], argv
+if "--fail" in argv:
+    print("error: --fail: told to fail", file=sys.stderr)
+    sys.exit(2)
+out = Path(argv[argv.index("--output-dir") + 1])
+seed = int(argv[argv.index("--seed") + 1])
+out.mkdir(parents=True)
+(out / "argv.json").write_text(json.dumps(argv))
+config = {"seed": seed, "output_dir": str(out), "f_noise": "--f-noise" in argv, "f_noise_std": 0.1,
+          "f_noise_mode": "elementwise", "f_noise_levels": None}
+(out / "config.json").write_text(json.dumps(config))
+record = {"type": "epoch", "epoch": 0, "iteration": 1, "train": {"loss": 1.0 + seed}, "val": None,
+          "bbox": None, "segm": None, "f_noise_nsr": None}
+(out / "metrics.jsonl").write_text(json.dumps(record) + "\\n")
+print("trained")
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path) -> str:
+    """An executable standing in for ``python``: it records its arguments and writes a one-epoch run."""
+    path = tmp_path / "fake_python"
+    path.write_text(f"#!{sys.executable}\n{FAKE_TRAIN}")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_train_arms_runs_both_arms_per_seed_with_the_same_flags(fake_python, tmp_path, capsys):
+    study = tmp_path / "study"
+    run_dirs = train_arms([3, 5], study, ["--epochs", "2", "--lr", "0.01"], python=fake_python)
+
+    assert run_dirs == [study / "baseline" / "seed3", study / "fnoise" / "seed3",
+                        study / "baseline" / "seed5", study / "fnoise" / "seed5"]
+    for run_dir in run_dirs:
+        argv = json.loads((run_dir / "argv.json").read_text())
+        seed = run_dir.name.removeprefix("seed")
+        # study defaults first, the user's flags after them (so they win), then seed and directory
+        assert argv[2:2 + len(STUDY_TRAIN_FLAGS)] == list(STUDY_TRAIN_FLAGS)
+        rest = argv[2 + len(STUDY_TRAIN_FLAGS):]
+        expected = ["--epochs", "2", "--lr", "0.01", "--seed", seed, "--output-dir", str(run_dir)]
+        assert rest == expected + (["--f-noise"] if run_dir.parent.name == "fnoise" else [])
+    assert "trained" in (study / "logs" / "fnoise-seed5.log").read_text()
+    arms = group_runs([load_run(d) for d in run_dirs])
+    assert [(arm.label, arm.seeds) for arm in arms] == [
+        ("baseline", [3, 5]), ("F-Noise σ=0.1 (elementwise, all levels)", [3, 5]),
+    ]
+    assert "[4/4] fnoise seed 5" in capsys.readouterr().out
+
+
+def test_train_arms_stops_at_a_failed_run(fake_python, tmp_path):
+    with pytest.raises(RuntimeError, match=r"training baseline seed 0 failed \(exit 2; see .*baseline-seed0.log\)"):
+        train_arms([0], tmp_path / "study", ["--fail"], python=fake_python)
+    assert not (tmp_path / "study" / "fnoise").exists()
+
+
+@pytest.mark.slow
+def test_compare_train_end_to_end(tmp_path):
+    """The real command: both arms, one seed, two iterations each, then the figure and tables."""
+    study = tmp_path / "study"
+    command = [sys.executable, "-m", "fnoise_maskrcnn.compare", "--train", "--seeds", "0", "--output-dir", str(study),
+               "--epochs", "1", "--max-images", "2", "--max-val-images", "1", "--min-size", "96", "--max-size", "96"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((study / "comparison.json").read_text())
+    assert [arm["label"] for arm in summary["arms"]] == ["baseline", "F-Noise σ=0.1 (elementwise, all levels)"]
+    assert all(arm["metrics"]["train_loss"]["n"] == 1 for arm in summary["arms"])
+    assert summary["differences"][0]["verdict"] == "seed noise unknown (one seed)"
+    with Image.open(study / "comparison.png") as png:
+        assert png.format == "PNG"
+    baseline = load_run(study / "baseline" / "seed0")
+    noise = load_run(study / "fnoise" / "seed0")
+    assert baseline.config["f_noise"] is False and noise.config["f_noise"] is True
+    assert len(baseline.iterations) == len(noise.iterations) == 1
+    # same seed: same initial weights and data, so the first iteration's loss differs only by F-Noise
+    assert noise.epochs[0]["f_noise_nsr"] and baseline.epochs[0]["f_noise_nsr"] is None
