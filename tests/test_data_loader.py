@@ -62,3 +62,20 @@ def test_eval_loader_keeps_dataset_order_and_works_with_workers(synthetic_coco):
     expected_image, expected_target = ds[0]
     assert torch.equal(images[0], expected_image)
     assert torch.equal(targets[0]["masks"], expected_target["masks"])
+
+
+def test_distributed_loader_shards_with_distributed_sampler(synthetic_coco, tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ds = CocoInstances(synthetic_coco.train_images, synthetic_coco.train_ann, build_transforms(True))
+        loader = build_dataloader(ds, batch_size=2, train=True, distributed=True, seed=0)
+        assert isinstance(loader.batch_sampler, GroupedBatchSampler)
+        assert isinstance(loader.batch_sampler.sampler, torch.utils.data.DistributedSampler)
+        first = order(loader)
+        assert sorted(first) == sorted(ds.image_ids)
+        set_epoch(loader, 1)
+        assert order(loader) != first
+    finally:
+        dist.destroy_process_group()
