@@ -87,13 +87,22 @@ def _model_kwarg(text: str) -> List[Any]:
         return [key, value]
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults only where there is one worth showing (not None, False or an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, []) or "(default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fnoise_maskrcnn.train",
         description="Train Mask R-CNN with or without F-Noise on COCO, any COCO-format dataset, or the "
         "built-in synthetic dataset (the default when no data is given). Run it under "
         "`torchrun --nproc_per_node=N -m fnoise_maskrcnn.train ...` for distributed training.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     data = parser.add_argument_group("data (none given: the synthetic dataset)")
     data.add_argument("--data-path", help="dataset root: COCO layout (annotations/instances_{train,val}2017.json, "
@@ -134,18 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="body outputs to perturb (resnet50: 0 1 2 3; mobilenet_v3: 0 1); default all")
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=26)
+    opt.add_argument("--epochs", type=int, default=26, help="epochs to train (torchvision's schedule: 26)")
     opt.add_argument("-b", "--batch-size", type=int, default=2, help="images per process and step")
     opt.add_argument("--lr", type=float, help=f"learning rate (default: {REFERENCE_LR} x total batch / "
                      f"{REFERENCE_BATCH}, torchvision's reference rate scaled linearly)")
     opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    opt.add_argument("--weight-decay", type=float, default=1e-4)
-    opt.add_argument("--opt", choices=("sgd", "adamw"), default="sgd")
-    opt.add_argument("--lr-scheduler", choices=("multistep", "cosine"), default="multistep")
+    opt.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
+    opt.add_argument("--opt", choices=("sgd", "adamw"), default="sgd", help="optimizer")
+    opt.add_argument("--lr-scheduler", choices=("multistep", "cosine"), default="multistep",
+                     help="multistep: by epochs (--lr-steps); cosine: per iteration down to 0")
     opt.add_argument("--lr-steps", type=int, nargs="+", metavar="EPOCH",
                      help="multistep: epochs at which the lr is multiplied by --lr-gamma "
                      "(default: at 16/26 and 22/26 of --epochs, as torchvision's 26-epoch schedule)")
-    opt.add_argument("--lr-gamma", type=float, default=0.1)
+    opt.add_argument("--lr-gamma", type=float, default=0.1, help="multistep: lr factor at each step")
     opt.add_argument("--warmup-iters", type=int, default=1000,
                      help="linear warmup iterations (at most the first epoch's)")
     opt.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradient norm at this value (0: off)")
@@ -155,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     run.add_argument("--workers", type=int, default=2, help="data-loading processes per training process")
-    run.add_argument("--seed", type=int, default=0, help="seeds initialisation, data order, augmentation, noise")
+    run.add_argument("--seed", type=int, default=0, help="seeds initialisation, data order, augmentation, noise (default: 0)")
     run.add_argument("--deterministic", action="store_true",
                      help="deterministic algorithms (slower); with --workers 0, resuming is bit-exact")
     run.add_argument("--output-dir", help="run directory (default: runs/train-<date>-<time>)")
