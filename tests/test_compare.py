@@ -40,7 +40,7 @@ def write_run(
     levels: Optional[Sequence[str]] = None,
     **config,
 ) -> Path:
-    """A run directory as train writes it; the last epoch's train/val loss and segm AP are the given values."""
+    """A run directory as train writes it; the last epoch's losses and segm AP are the given values."""
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({
         "seed": seed, "output_dir": str(path), "f_noise": f_noise, "f_noise_std": std,
@@ -71,8 +71,10 @@ def write_run(
 @pytest.fixture
 def study(tmp_path) -> Path:
     for seed in range(3):
-        write_run(tmp_path / "baseline" / f"seed{seed}", seed, False, BASE_TRAIN[seed], BASE_VAL[seed], BASE_SEGM[seed])
-        write_run(tmp_path / "fnoise" / f"seed{seed}", seed, True, NOISE_TRAIN[seed], NOISE_VAL[seed], NOISE_SEGM[seed])
+        base = (BASE_TRAIN[seed], BASE_VAL[seed], BASE_SEGM[seed])
+        noise = (NOISE_TRAIN[seed], NOISE_VAL[seed], NOISE_SEGM[seed])
+        write_run(tmp_path / "baseline" / f"seed{seed}", seed, False, *base)
+        write_run(tmp_path / "fnoise" / f"seed{seed}", seed, True, *noise)
     return tmp_path
 
 
@@ -119,7 +121,8 @@ def test_summary_reports_mean_std_n_and_paired_differences(study):
     assert summary["epoch"] == 1
     baseline, noise = summary["arms"]
     assert baseline["label"] == "baseline" and baseline["seeds"] == [0, 1, 2]
-    for arm, train, val, segm in ((baseline, BASE_TRAIN, BASE_VAL, BASE_SEGM), (noise, NOISE_TRAIN, NOISE_VAL, NOISE_SEGM)):
+    expected = ((baseline, BASE_TRAIN, BASE_VAL, BASE_SEGM), (noise, NOISE_TRAIN, NOISE_VAL, NOISE_SEGM))
+    for arm, train, val, segm in expected:
         metrics = arm["metrics"]
         assert metrics["train_loss"]["n"] == 3
         assert metrics["train_loss"]["mean"] == pytest.approx(statistics.mean(train))
@@ -167,7 +170,11 @@ def test_cli_writes_figure_and_tables(study, tmp_path, capsys):
         # three columns (two arms + overlay), ten rows of panels
         assert 600 <= png.width <= 1200 and png.height >= 1200
     markdown = out.with_suffix(".md").read_text()
-    assert "| baseline | 3 (0, 1, 2) | 1.2000 ± 0.2000 | 1.0100 ± 0.0100 | 0.3700 ± 0.0200 | 0.3200 ± 0.0200 |" in markdown
+    row = (
+        "| baseline | 3 (0, 1, 2) | 1.2000 ± 0.2000 | 1.0100 ± 0.0100"
+        " | 0.3700 ± 0.0200 | 0.3200 ± 0.0200 |"
+    )
+    assert row in markdown
     assert "| F-Noise σ=0.1 (elementwise, all levels) | validation loss | -0.5000 ± 0.0100 |" in markdown
     assert "beyond seed noise" in markdown and "within seed noise" in markdown
     summary = json.loads(out.with_suffix(".json").read_text())
@@ -196,7 +203,8 @@ def test_bad_runs_give_one_line_errors(study, tmp_path, capsys):
     (study / "baseline" / "seed1" / "metrics.jsonl").write_text('{"type": "iter"\n{"type": "iter"}\n')
     assert main([str(study / "baseline" / "seed1"), "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: {study / 'baseline' / 'seed1' / 'metrics.jsonl'}:1: not valid JSON (Expecting ',' delimiter)"
+    metrics = study / "baseline" / "seed1" / "metrics.jsonl"
+    assert err == f"error: {metrics}:1: not valid JSON (Expecting ',' delimiter)"
 
     (study / "fnoise" / "seed0" / "config.json").unlink()
     assert main([str(study / "fnoise" / "seed0"), "--out", str(tmp_path / "x.png")]) == 2
@@ -290,7 +298,8 @@ def test_train_arms_runs_both_arms_per_seed_with_the_same_flags(fake_python, tmp
 
 
 def test_train_arms_stops_at_a_failed_run(fake_python, tmp_path):
-    with pytest.raises(RuntimeError, match=r"training baseline seed 0 failed \(exit 2; see .*baseline-seed0.log\)"):
+    failed = r"training baseline seed 0 failed \(exit 2; see .*baseline-seed0.log\)"
+    with pytest.raises(RuntimeError, match=failed):
         train_arms([0], tmp_path / "study", ["--fail"], python=fake_python)
     assert not (tmp_path / "study" / "fnoise").exists()
 
@@ -299,12 +308,16 @@ def test_train_arms_stops_at_a_failed_run(fake_python, tmp_path):
 def test_compare_train_end_to_end(tmp_path):
     """The real command: both arms, one seed, two iterations each, then the figure and tables."""
     study = tmp_path / "study"
-    command = [sys.executable, "-m", "fnoise_maskrcnn.compare", "--train", "--seeds", "0", "--output-dir", str(study),
-               "--epochs", "1", "--max-images", "2", "--max-val-images", "1", "--min-size", "96", "--max-size", "96"]
+    command = [
+        sys.executable, "-m", "fnoise_maskrcnn.compare", "--train", "--seeds", "0",
+        "--output-dir", str(study),
+        "--epochs", "1", "--max-images", "2", "--max-val-images", "1", "--min-size", "96", "--max-size", "96",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr
     summary = json.loads((study / "comparison.json").read_text())
-    assert [arm["label"] for arm in summary["arms"]] == ["baseline", "F-Noise σ=0.1 (elementwise, all levels)"]
+    labels = [arm["label"] for arm in summary["arms"]]
+    assert labels == ["baseline", "F-Noise σ=0.1 (elementwise, all levels)"]
     assert all(arm["metrics"]["train_loss"]["n"] == 1 for arm in summary["arms"])
     assert summary["differences"][0]["verdict"] == "seed noise unknown (one seed)"
     with Image.open(study / "comparison.png") as png:
@@ -315,3 +328,9 @@ def test_compare_train_end_to_end(tmp_path):
     assert len(baseline.iterations) == len(noise.iterations) == 1
     # same seed: same initial weights and data, so the first iteration's loss differs only by F-Noise
     assert noise.epochs[0]["f_noise_nsr"] and baseline.epochs[0]["f_noise_nsr"] is None
+
+
+def test_train_arms_without_study_defaults_passes_only_the_users_flags(fake_python, tmp_path):
+    (run_dir, _) = train_arms([0], tmp_path / "study", ["--epochs", "1"], defaults=(), python=fake_python)
+    argv = json.loads((run_dir / "argv.json").read_text())
+    assert argv == ["-m", "fnoise_maskrcnn.train", "--epochs", "1", "--seed", "0", "--output-dir", str(run_dir)]

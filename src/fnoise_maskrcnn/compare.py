@@ -128,7 +128,9 @@ def summarize(arms: Sequence[Arm]) -> Dict[str, Any]:
             if arm_stats[name] is None or reference_stats[name] is None:
                 continue
             diff = difference(arm_stats[name], reference_stats[name])
-            differences.append({"arm": arm.label, "reference": reference.label, "metric": name, **_diff_dict(diff)})
+            differences.append(
+                {"arm": arm.label, "reference": reference.label, "metric": name, **_diff_dict(diff)}
+            )
 
     return {
         "epoch": epoch,
@@ -157,7 +159,13 @@ def _matching_baseline(arm: Arm, arms: Sequence[Arm]) -> Optional[Arm]:
 def _stat_dict(stat: Optional[Stat]) -> Optional[Dict[str, Any]]:
     if stat is None:
         return None
-    return {"mean": stat.mean, "std": stat.std, "n": stat.n, "values": list(stat.values), "seeds": list(stat.seeds)}
+    return {
+        "mean": stat.mean,
+        "std": stat.std,
+        "n": stat.n,
+        "values": list(stat.values),
+        "seeds": list(stat.seeds),
+    }
 
 
 def _diff_dict(diff: Difference) -> Dict[str, Any]:
@@ -201,7 +209,8 @@ def summary_markdown(summary: Dict[str, Any]) -> str:
     lines.append("")
     if summary["differences"]:
         lines += [
-            "Differences from the baseline (F-Noise arm − baseline): mean ± std of the difference over seeds, "
+            "Differences from the baseline (F-Noise arm − baseline): mean ± std of the difference over "
+            "seeds, "
             "95% confidence interval (Student's t), and whether the difference is within seed noise "
             "(the interval contains 0).",
             "",
@@ -228,7 +237,10 @@ def summary_markdown(summary: Dict[str, Any]) -> str:
 
 
 # -------------------------------------------------------------------------------------------- plot
-def _aggregate(curves: List[Tuple[np.ndarray, np.ndarray]]) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+Curve = Tuple[np.ndarray, np.ndarray]
+
+
+def _aggregate(curves: List[Curve]) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Mean and std (``ddof=1``; zeros for one curve) over curves at the x values they all have."""
     curves = [(x, y) for x, y in curves if x.size]
     if not curves:
@@ -271,7 +283,8 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: Optional[int] = None, tit
     seeds = sorted({len(arm.runs) for arm in arms})
     figure.suptitle(
         (title + "\n" if title else "")
-        + f"mean ± std over seeds ({'/'.join(map(str, seeds))} per arm); iteration curves smoothed over {window}",
+        + f"mean ± std over seeds ({'/'.join(map(str, seeds))} per arm); "
+        + f"iteration curves smoothed over {window}",
         fontsize=12,
     )
     if not rows:
@@ -331,13 +344,18 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: Optional[int] = None, tit
 
 # ------------------------------------------------------------------------------------------- train
 def train_arms(
-    seeds: Sequence[int], output_dir: Path, train_flags: Sequence[str], *, python: str = sys.executable
+    seeds: Sequence[int],
+    output_dir: Path,
+    train_flags: Sequence[str],
+    *,
+    defaults: Sequence[str] = STUDY_TRAIN_FLAGS,
+    python: str = sys.executable,
 ) -> List[Path]:
     """Trains the baseline and the F-Noise arm for each seed, one ``fnoise_maskrcnn.train`` process at a time.
 
     Run ``(arm, seed)`` goes to ``output_dir/<baseline|fnoise>/seed<S>`` with its console output in
-    ``output_dir/logs/<arm>-seed<S>.log``. Both arms get the same flags (``STUDY_TRAIN_FLAGS`` then
-    ``train_flags``) and ``--seed S``, so a seed means the same initial weights and data order in both;
+    ``output_dir/logs/<arm>-seed<S>.log``. Both arms get the same flags (``defaults`` then
+    ``train_flags``, so the latter win) and ``--seed S``, so a seed means the same initial weights and data order in both;
     the F-Noise arm adds ``--f-noise``. Seeds are interleaved (baseline 0, F-Noise 0, baseline 1 ...)
     so that an interrupted study still holds complete pairs.
 
@@ -352,7 +370,7 @@ def train_arms(
     for number, (arm, f_noise, seed) in enumerate(jobs, start=1):
         run_dir = output_dir / arm / f"seed{seed}"
         log = logs / f"{arm}-seed{seed}.log"
-        command = [python, "-m", "fnoise_maskrcnn.train", *STUDY_TRAIN_FLAGS, *train_flags,
+        command = [python, "-m", "fnoise_maskrcnn.train", *defaults, *train_flags,
                    "--seed", str(seed), "--output-dir", str(run_dir), *(["--f-noise"] if f_noise else [])]
         print(f"[{number}/{len(jobs)}] {arm} seed {seed} -> {run_dir} (log: {log})", flush=True)
         start = time.perf_counter()
@@ -376,24 +394,37 @@ def _build_parser(train_mode: bool) -> argparse.ArgumentParser:
         description=(
             "Compare training runs with and without F-Noise, side by side over seeds: a figure (one "
             "panel per arm, shared y axes, mean ± std bands) and a summary table (<out>.md, <out>.json) "
-            "with mean ± std per arm and the F-Noise − baseline difference with its 95%% interval. "
+            "with mean ± std per arm and the F-Noise − baseline difference with its 95% interval. "
             "With --train, first train both arms for each seed; every flag compare does not know is "
-            "passed to `python -m fnoise_maskrcnn.train` (after compare's study defaults: "
-            + " ".join(STUDY_TRAIN_FLAGS) + ")."
+            "passed to `python -m fnoise_maskrcnn.train`, after compare's study defaults for the synthetic "
+            "data on a CPU (" + " ".join(STUDY_TRAIN_FLAGS) + "), which --no-study-defaults leaves out."
         ),
     )
     if not train_mode:
         parser.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR", help="run directories of train")
-    parser.add_argument("--out", type=Path, help="output PNG (default with --train: OUTPUT_DIR/comparison.png)")
-    parser.add_argument("--smooth", type=int, metavar="N", help="moving-average window of the iteration curves")
+    parser.add_argument(
+        "--out", type=Path, help="output PNG (default with --train: OUTPUT_DIR/comparison.png)"
+    )
+    parser.add_argument(
+        "--smooth", type=int, metavar="N", help="moving-average window of the iteration curves"
+    )
     parser.add_argument("--title", default="", help="figure title")
     parser.add_argument(
         "--ignore-key", action="append", default=[], metavar="KEY",
-        help=f"config.json key that does not define an arm (always ignored: {', '.join(DEFAULT_IGNORED_KEYS)})",
+        help="config.json key that does not define an arm (always ignored: "
+        + ", ".join(DEFAULT_IGNORED_KEYS) + ")",
     )
     study = parser.add_argument_group("training both arms")
-    study.add_argument("--train", action="store_true", help="train the baseline and F-Noise arms, then compare")
-    study.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to train (default: 0 1 2)")
+    study.add_argument(
+        "--train", action="store_true", help="train the baseline and F-Noise arms, then compare"
+    )
+    study.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to train (default: 0 1 2)"
+    )
+    study.add_argument(
+        "--no-study-defaults", action="store_true",
+        help="pass only your own training flags (for real data: the study defaults limit images and size)",
+    )
     study.add_argument(
         "--output-dir", type=Path, default=Path("runs/fnoise-study"),
         help="study directory: runs in OUTPUT_DIR/<baseline|fnoise>/seed<S> (default: runs/fnoise-study)",
@@ -412,7 +443,7 @@ def _write_text_atomic(text: str, path: Path) -> None:
         raise
 
 
-def _check_train_flags(parser: argparse.ArgumentParser, flags: Sequence[str]) -> None:
+def _check_train_flags(parser: argparse.ArgumentParser, defaults: Sequence[str], flags: Sequence[str]) -> None:
     """Rejects flags compare sets itself, and lets train's parser check the rest before anything runs."""
     from .train import build_parser as build_train_parser
 
@@ -422,7 +453,7 @@ def _check_train_flags(parser: argparse.ArgumentParser, flags: Sequence[str]) ->
             parser.error(f"{name} is set by compare for each run; use --seeds and --output-dir of compare")
         if name == "--f-noise":
             parser.error("--f-noise is added by compare to the F-Noise arm only; leave it out")
-    build_train_parser().parse_args([*STUDY_TRAIN_FLAGS, *flags, "--seed", "0"])
+    build_train_parser().parse_args([*defaults, *flags, "--seed", "0"])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -433,14 +464,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args, train_flags = parser.parse_known_args(argv)
         if len(set(args.seeds)) != len(args.seeds):
             parser.error(f"--seeds must be distinct, got {' '.join(map(str, args.seeds))}")
-        _check_train_flags(parser, train_flags)
+        defaults = () if args.no_study_defaults else STUDY_TRAIN_FLAGS
+        _check_train_flags(parser, defaults, train_flags)
         out = args.out or args.output_dir / "comparison.png"
         existing = [args.output_dir / arm / f"seed{s}" for s in args.seeds for arm, _ in ARM_DIRS]
         existing = [d for d in existing if (d / "last.pth").exists()]
         if existing:
-            parser.error(f"--output-dir {args.output_dir} already holds runs ({existing[0]}); choose another directory")
+            parser.error(
+                f"--output-dir {args.output_dir} already holds runs ({existing[0]}); choose another directory"
+            )
         try:
-            run_dirs = train_arms(args.seeds, args.output_dir, train_flags)
+            run_dirs = train_arms(args.seeds, args.output_dir, train_flags, defaults=defaults)
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

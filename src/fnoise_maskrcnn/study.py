@@ -173,8 +173,11 @@ def load_run(path: Path) -> Run:
             raise RunError(f"{metrics_file}:{number}: not valid JSON ({exc.msg})") from exc
         kind = record.get("type") if isinstance(record, dict) else None
         if kind == "iter":
-            if not isinstance(record.get("iteration"), int) or not isinstance(record.get("loss"), (int, float)):
-                raise RunError(f"{metrics_file}:{number}: an 'iter' record needs an integer 'iteration' and a 'loss'")
+            valid = isinstance(record.get("iteration"), int) and isinstance(record.get("loss"), (int, float))
+            if not valid:
+                raise RunError(
+                    f"{metrics_file}:{number}: an 'iter' record needs an integer 'iteration' and a 'loss'"
+                )
             iterations.append(record)
         elif kind == "epoch":
             if not isinstance(record.get("epoch"), int):
@@ -251,7 +254,8 @@ def group_runs(runs: Sequence[Run], ignored_keys: Iterable[str] = DEFAULT_IGNORE
         for other in arm.runs:
             if _canonical(other.seed) == _canonical(run.seed):
                 raise RunError(
-                    f"{run.path}: same arm ({arm.label}) and seed ({run.seed}) as {other.path}; pass only one of them"
+                    f"{run.path}: same arm ({arm.label}) and seed ({run.seed}) as {other.path}; "
+                    "pass only one of them"
                 )
         arm.runs.append(run)
     for arm in arms.values():
@@ -276,17 +280,18 @@ def _nested(record: Mapping[str, Any], path: str) -> Optional[float]:
 
 
 def iteration_series(run: Run, key: str) -> Tuple[np.ndarray, np.ndarray]:
-    """``(iterations int64 [T], values float64 [T])`` of an ``"iter"`` key (e.g. ``"loss"``), missing values skipped."""
-    points = [(r["iteration"], _nested(r, key)) for r in run.iterations]
-    points = [(i, v) for i, v in points if v is not None]
-    return np.array([p[0] for p in points], dtype=np.int64), np.array([p[1] for p in points], dtype=np.float64)
+    """``(iterations int64 [T], values float64 [T])`` of an ``"iter"`` key (e.g. ``"loss"``); gaps skipped."""
+    return _points([(r["iteration"], _nested(r, key)) for r in run.iterations])
 
 
 def epoch_series(run: Run, path: str) -> Tuple[np.ndarray, np.ndarray]:
-    """``(epochs int64 [E], values float64 [E])`` of a dotted key of the ``"epoch"`` records, e.g. ``"bbox.AP"``."""
-    points = [(r["epoch"], _nested(r, path)) for r in run.epochs]
-    points = [(e, v) for e, v in points if v is not None]
-    return np.array([p[0] for p in points], dtype=np.int64), np.array([p[1] for p in points], dtype=np.float64)
+    """``(epochs int64 [E], values float64 [E])`` of a dotted epoch key (``"bbox.AP"``); gaps skipped."""
+    return _points([(r["epoch"], _nested(r, path)) for r in run.epochs])
+
+
+def _points(points: List[Tuple[int, Optional[float]]]) -> Tuple[np.ndarray, np.ndarray]:
+    kept = [(x, y) for x, y in points if y is not None]
+    return np.array([x for x, _ in kept], dtype=np.int64), np.array([y for _, y in kept], dtype=np.float64)
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
