@@ -45,8 +45,8 @@ class ReferenceStyleCoco(CocoDetection):
         boxes[:, 0::2].clamp_(min=0, max=width)
         boxes[:, 1::2].clamp_(min=0, max=height)
         labels = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
-        masks = torch.zeros((len(anns), height, width), dtype=torch.uint8)
-        for i, a in enumerate(anns):
+        masks = []
+        for a in anns:
             segmentation = a["segmentation"]
             if isinstance(segmentation, list):
                 rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
@@ -54,7 +54,8 @@ class ReferenceStyleCoco(CocoDetection):
                 rle = mask_utils.frPyObjects(segmentation, height, width)
             else:
                 rle = segmentation
-            masks[i] = torch.from_numpy(mask_utils.decode(rle))
+            masks.append(torch.from_numpy(mask_utils.decode(rle)))
+        masks = torch.stack(masks) if masks else torch.zeros((0, height, width), dtype=torch.uint8)
         keep = (boxes[:, 3] > boxes[:, 1]) & (boxes[:, 2] > boxes[:, 0])
         target = {"boxes": boxes[keep], "labels": labels[keep], "masks": masks[keep], "image_id": self.ids[index]}
         return F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True), target
