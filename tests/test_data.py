@@ -101,6 +101,7 @@ def test_crowd_degenerate_short_polygon_and_empty_images(tmp_path):
         {"bbox": [3, 3, 5, -2], "segmentation": poly},  # negative height
         {"bbox": [30, 3, 5, 5], "segmentation": poly},  # entirely right of the 16 px wide image
         {"bbox": [2, 2, 6, 6], "segmentation": [[2, 2, 8, 2]]},  # 2 points
+        {"bbox": [3, 3, 1e-9, 4], "segmentation": poly},  # positive in the file, empty in float32
     ]
     ann_file = write_coco(tmp_path, {"a.png": rgb(), "empty.png": rgb()}, anns)
 
@@ -111,7 +112,7 @@ def test_crowd_degenerate_short_polygon_and_empty_images(tmp_path):
     assert ds.skipped == {"degenerate box": 3, "polygon with fewer than 3 points": 1}
     crowd_ids = ds.coco.getAnnIds(imgIds=[1], iscrowd=True)
     assert [a["iscrowd"] for a in ds.coco.loadAnns(crowd_ids)] == [1]
-    assert len(ds.coco.getAnnIds(imgIds=[1])) == 6  # evaluation ground truth keeps everything
+    assert len(ds.coco.getAnnIds(imgIds=[1])) == 7  # evaluation ground truth keeps everything
 
     image, empty = ds[1]
     assert empty["image_id"] == 2
@@ -256,6 +257,10 @@ def test_missing_files_and_corrupt_images(tmp_path):
     with pytest.raises(DatasetError, match="cannot read image") as e:
         ds[1]
     assert str(e.value).startswith(str(tmp_path / "images" / "b.png"))
+
+    rgb(W + 1, H).save(tmp_path / "images" / "b.png")
+    with pytest.raises(DatasetError, match=r"b.png: image is 17x12 \(after EXIF orientation\), the annotation file says 16x12"):
+        ds[1]
 
     (tmp_path / "images" / "b.png").unlink()
     with pytest.raises(DatasetError, match=r"b.png: image file not found \(listed in .*ann.json\)"):

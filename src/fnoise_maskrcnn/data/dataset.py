@@ -52,8 +52,8 @@ class _CocoSource(CocoDetection):
 
     ``CocoDetection.__init__`` insists on reading ``annFile`` itself; we have already read and
     filtered it, so only ``VisionDataset.__init__`` is called. The two loaders are overridden to apply
-    EXIF orientation, to name the file on read errors, and to return the cleaned training annotations
-    whose ``category_id`` is already the contiguous label.
+    EXIF orientation, to name the file on read errors or a size that differs from the annotation file,
+    and to return the cleaned training annotations whose ``category_id`` is already the contiguous label.
     """
 
     def __init__(self, root: str | os.PathLike, coco: COCO, train_anns: dict[int, list[dict]]) -> None:
@@ -66,12 +66,18 @@ class _CocoSource(CocoDetection):
         path = os.path.join(self.root, self.coco.imgs[id]["file_name"])
         try:
             with Image.open(path) as image:
-                image = ImageOps.exif_transpose(image)
-                return image.convert("RGB")
+                image = ImageOps.exif_transpose(image).convert("RGB")
         except FileNotFoundError:
             raise DatasetError(f"{path}: image file not found") from None
         except (OSError, SyntaxError, ValueError) as e:  # PIL raises all three for corrupt files
             raise DatasetError(f"{path}: cannot read image ({e})") from None
+        width, height = self.coco.imgs[id]["width"], self.coco.imgs[id]["height"]
+        if image.size != (width, height):  # annotations would not fit the image
+            raise DatasetError(
+                f"{path}: image is {image.width}x{image.height} (after EXIF orientation), "
+                f"the annotation file says {width}x{height}"
+            )
+        return image
 
     def _load_target(self, id: int) -> list[dict]:
         return self.train_anns.get(id, [])
@@ -215,8 +221,8 @@ class CocoInstances(torch.utils.data.Dataset):
     def _complete_target(image: Image.Image, target: dict) -> dict:
         """Fill empty targets, clip boxes to the image and drop boxes that clipping made empty.
 
-        Boxes were checked against the annotation file's width/height; clipping here also covers
-        an image whose real size differs from the one in the file (``validate`` reports that).
+        Degenerate boxes were already left out when the file was checked; this catches boxes that
+        become empty only once clipped to float precision (e.g. [x, y, 1e-9, 5] after XYWH -> XYXY).
         """
         height, width = image.height, image.width
         if "boxes" not in target:  # image without training instances
