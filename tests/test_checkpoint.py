@@ -22,8 +22,8 @@ def model():
     torch.manual_seed(0)
     return maskrcnn_mobilenet_v3_large_fpn(
         weights_backbone=None, num_classes=3, use_f_noise=True, f_noise_std=0.2, f_noise_levels=["1"],
-        min_size=96, max_size=128, box_score_thresh=0.0, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
-        box_detections_per_img=20,
+        min_size=96, max_size=128, box_score_thresh=0.0, box_detections_per_img=20,
+        rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
     )
 
 

@@ -1,4 +1,4 @@
-"""FNoise: the noise distribution of every mode, level selection, eval identity, gradients, RNG, recording, errors."""
+"""FNoise: noise distribution per mode, level selection, eval identity, gradients, RNG, recording, errors."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_noise_is_independent_of_sign_and_between_elements(mode):
     torch.manual_seed(1)
     r = ((FNoise(SIGMA, mode).train()(x).double() - x.double()) / reference_magnitude(x, mode)).flatten()
     n = r.numel()
-    # eps is uncorrelated with sign(x) (elementwise mode multiplies x by 1 + sigma * eps') and with its neighbour.
+    # eps is uncorrelated with sign(x) (elementwise: x * (1 + sigma * eps')) and with its neighbour.
     sign = x.flatten().sign().double()
     assert abs((r * sign).mean().item()) < Z * SIGMA / math.sqrt(n)
     lag_correlation = (r[1:] * r[:-1]).mean().item() / SIGMA**2
@@ -212,7 +212,10 @@ def test_recording_keeps_the_last_detached_perturbation_of_selected_levels():
         ({"mode": "gaussian"}, ["mode", *F_NOISE_MODES, "gaussian"]),
         ({"levels": "3"}, ["levels", "sequence"]),
         ({"levels": ()}, ["levels", "at least one"]),
-        ({"levels": ("3", "p6"), "available_levels": ("0", "1", "2", "3")}, ["level", "p6", "allowed", "0, 1, 2, 3"]),
+        (
+            {"levels": ("3", "p6"), "available_levels": ("0", "1", "2", "3")},
+            ["level", "p6", "allowed", "0, 1, 2, 3"],
+        ),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_argument_and_allowed_values(kwargs, words):

@@ -1,4 +1,4 @@
-"""The factories against torchvision's own Mask R-CNN: weights, outputs, losses, F-Noise placement, scripting."""
+"""The factories against torchvision's Mask R-CNN: weights, outputs, losses, F-Noise placement, scripting."""
 
 from __future__ import annotations
 
@@ -98,7 +98,8 @@ def test_same_modules_initialisation_and_state_dict_keys_as_torchvision(prototyp
     assert isinstance(ours.backbone.f_noise, FNoise) and ours.backbone.f_noise.std == 0.5
     assert ours.backbone.out_channels == theirs.backbone.out_channels == 256
     assert_same_state(ours, theirs)  # F-Noise draws no random numbers at construction
-    assert [n for n, _ in ours.named_modules() if "f_noise" not in n] == [n for n, _ in theirs.named_modules()]
+    names = [n for n, _ in ours.named_modules() if "f_noise" not in n]
+    assert names == [n for n, _ in theirs.named_modules()]
 
 
 def test_state_dicts_load_strictly_both_ways(ours, theirs):
@@ -287,7 +288,8 @@ def test_torchvision_weights_offline_fail_with_a_clear_message(monkeypatch, kwar
 
 
 def test_unknown_weights_name_is_rejected():
-    with pytest.raises(ValueError, match="^weights: unknown weights 'NOT_A_WEIGHT'; allowed: COCO_V1, DEFAULT"):
+    message = "^weights: unknown weights 'NOT_A_WEIGHT'; allowed: COCO_V1, DEFAULT"
+    with pytest.raises(ValueError, match=message):
         maskrcnn_resnet50_fpn(weights="NOT_A_WEIGHT", weights_backbone=None)
 
 

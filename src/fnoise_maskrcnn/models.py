@@ -43,7 +43,7 @@ WeightsArg = Optional[Union[WeightsEnum, str, os.PathLike]]
 
 
 class _LocalPath(str):
-    """A weights path given as a path object, kept a ``str`` so that torchvision's legacy handling passes it on."""
+    """A weights path given as a path object, made a ``str`` so that torchvision's legacy handling passes it on."""
 
 
 def _accept_path_objects(builder: Callable[..., MaskRCNN]) -> Callable[..., MaskRCNN]:
