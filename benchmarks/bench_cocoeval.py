@@ -46,26 +46,45 @@ def make_detections(dataset: dict, seed: int = 0) -> list:
         h, w = img["height"], img["width"]
         x, y, bw, bh = ann["bbox"]
         jitter = rng.normal(0, 0.08, 4) * np.array([bw, bh, bw, bh])
-        box = [max(0.0, x + jitter[0]), max(0.0, y + jitter[1]), max(1.0, bw + jitter[2]), max(1.0, bh + jitter[3])]
+        box = [
+            max(0.0, x + jitter[0]),
+            max(0.0, y + jitter[1]),
+            max(1.0, bw + jitter[2]),
+            max(1.0, bh + jitter[3]),
+        ]
         mask = coco.annToMask(ann)
         dy, dx = rng.integers(-3, 4, 2)
         mask = np.roll(np.roll(mask, dy, 0), dx, 1)
         rle = mask_utils.encode(np.asfortranarray(mask))
         rle["counts"] = rle["counts"].decode("ascii")
         category = ann["category_id"] if rng.random() > 0.1 else int(rng.choice(cat_ids))
-        results.append({"image_id": ann["image_id"], "category_id": category, "bbox": box,
-                        "score": float(rng.random()), "segmentation": rle})
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": category,
+                "bbox": box,
+                "score": float(rng.random()),
+                "segmentation": rle,
+            }
+        )
     for img in dataset["images"]:
         for _ in range(rng.integers(0, 4)):
             h, w = img["height"], img["width"]
             bw, bh = rng.uniform(8, w / 2), rng.uniform(8, h / 2)
             x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
             mask = np.zeros((h, w), dtype=np.uint8)
-            mask[int(y):int(y + bh), int(x):int(x + bw)] = 1
+            mask[int(y) : int(y + bh), int(x) : int(x + bw)] = 1
             rle = mask_utils.encode(np.asfortranarray(mask))
             rle["counts"] = rle["counts"].decode("ascii")
-            results.append({"image_id": img["id"], "category_id": int(rng.choice(cat_ids)), "bbox": [x, y, bw, bh],
-                            "score": float(rng.random() * 0.5), "segmentation": rle})
+            results.append(
+                {
+                    "image_id": img["id"],
+                    "category_id": int(rng.choice(cat_ids)),
+                    "bbox": [x, y, bw, bh],
+                    "score": float(rng.random() * 0.5),
+                    "segmentation": rle,
+                }
+            )
     return results
 
 

@@ -30,10 +30,20 @@ def edited_val_ann(synthetic_coco, tmp_path_factory):
     return path
 
 
-def test_evaluate_prints_tables_and_writes_json(inference_checkpoint, synthetic_coco, edited_val_ann, tmp_path, capsys):
+def test_evaluate_prints_tables_and_writes_json(
+    inference_checkpoint, synthetic_coco, edited_val_ann, tmp_path, capsys
+):
     out = tmp_path / "metrics.json"
-    argv = ["--checkpoint", str(inference_checkpoint), "--ann", str(edited_val_ann),
-            "--images", str(synthetic_coco.val_images), "--out", str(out)]
+    argv = [
+        "--checkpoint",
+        str(inference_checkpoint),
+        "--ann",
+        str(edited_val_ann),
+        "--images",
+        str(synthetic_coco.val_images),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     metrics = json.loads(out.read_text())
@@ -70,8 +80,15 @@ def _results_from_ground_truth(data: dict, jitter: float, seed: int = 0) -> list
         x, y, bw, bh = ann["bbox"]
         dx, dy = rng.uniform(-jitter, jitter, 2) * (bw, bh)
         category = ann["category_id"] if k % 5 or not jitter else int(rng.choice(cat_ids))
-        results.append({"image_id": ann["image_id"], "category_id": category, "bbox": [x + dx, y + dy, bw, bh],
-                        "score": 0.9 if not jitter else float(rng.random()), "segmentation": rle})
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": category,
+                "bbox": [x + dx, y + dy, bw, bh],
+                "score": 0.9 if not jitter else float(rng.random()),
+                "segmentation": rle,
+            }
+        )
     return results
 
 
@@ -115,7 +132,9 @@ def test_faster_backend_gives_the_numbers_of_pycocotools(synthetic_coco):
 def test_evaluate_checkpoint_with_either_backend(inference_checkpoint, synthetic_coco):
     pytest.importorskip("faster_coco_eval")
     metrics = {
-        backend: evaluate_checkpoint(inference_checkpoint, synthetic_coco.val_ann, synthetic_coco.val_images, backend=backend)
+        backend: evaluate_checkpoint(
+            inference_checkpoint, synthetic_coco.val_ann, synthetic_coco.val_images, backend=backend
+        )
         for backend in BACKENDS
     }
     reference, fast = metrics["pycocotools"], metrics["faster-coco-eval"]
@@ -130,8 +149,16 @@ def test_mismatched_categories_are_a_one_line_error(inference_checkpoint, synthe
     data["categories"][0]["name"] = "person"
     ann = tmp_path / "other.json"
     ann.write_text(json.dumps(data))
-    argv = ["--checkpoint", str(inference_checkpoint), "--ann", str(ann), "--images", str(synthetic_coco.val_images),
-            "--out", str(tmp_path / "m.json")]
+    argv = [
+        "--checkpoint",
+        str(inference_checkpoint),
+        "--ann",
+        str(ann),
+        "--images",
+        str(synthetic_coco.val_images),
+        "--out",
+        str(tmp_path / "m.json"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "person" in err and "\n" not in err

@@ -38,10 +38,14 @@ def assert_same_detections(expected: dict, actual: dict, score_thresh: float) ->
                 & (np.abs(b["boxes"] - a["boxes"][i]).max(axis=1) <= BOX_ATOL)
                 & (np.abs(b["scores"] - a["scores"][i]) <= SCORE_ATOL)
             )
-            assert candidates.size, f"detection {i} (label {a['labels'][i]}, score {a['scores'][i]:.3f}) has no partner"
+            assert candidates.size, (
+                f"detection {i} (label {a['labels'][i]}, score {a['scores'][i]:.3f}) has no partner"
+            )
             if a is exp:
                 mask_diff = np.abs(a["masks"][i] - b["masks"][candidates[0]]).mean()
-                assert mask_diff <= MASK_MEAN_ATOL, f"detection {i}: masks differ by {mask_diff:.4f} on average"
+                assert mask_diff <= MASK_MEAN_ATOL, (
+                    f"detection {i}: masks differ by {mask_diff:.4f} on average"
+                )
                 matched += 1
     return matched
 
@@ -62,7 +66,9 @@ def val_images(synthetic_coco):
 @pytest.fixture(scope="module")
 def onnx_file(inference_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    assert export_main(["--checkpoint", str(inference_checkpoint), "--format", "onnx", "--out", str(out)]) == 0
+    assert (
+        export_main(["--checkpoint", str(inference_checkpoint), "--format", "onnx", "--out", str(out)]) == 0
+    )
     return out
 
 
@@ -93,7 +99,9 @@ def test_onnx_image_without_detections(onnx_file, pytorch_model, val_images):
     assert empty, "the test model detects something in every val image; no image without detections to test"
     image = empty[0]
     actual = run_onnx(session, image)
-    assert actual["boxes"].shape == (0, 4) and actual["scores"].shape == (0,) and actual["labels"].shape == (0,)
+    assert (
+        actual["boxes"].shape == (0, 4) and actual["scores"].shape == (0,) and actual["labels"].shape == (0,)
+    )
     assert actual["masks"].shape == (0, 1, *image.shape[1:])
 
 
@@ -110,10 +118,15 @@ def test_onnx_graph_has_no_f_noise_and_carries_categories(onnx_file, pytorch_mod
     assert json.loads(metadata["categories"]) == checkpoint["categories"]
 
 
-def test_torchscript_has_no_f_noise_and_matches_pytorch(inference_checkpoint, pytorch_model, val_images, tmp_path):
+def test_torchscript_has_no_f_noise_and_matches_pytorch(
+    inference_checkpoint, pytorch_model, val_images, tmp_path
+):
     model, checkpoint = pytorch_model
     out = tmp_path / "model.pt"
-    assert export_main(["--checkpoint", str(inference_checkpoint), "--format", "torchscript", "--out", str(out)]) == 0
+    assert (
+        export_main(["--checkpoint", str(inference_checkpoint), "--format", "torchscript", "--out", str(out)])
+        == 0
+    )
     extra = {"categories.json": ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -132,7 +145,19 @@ def test_torchscript_has_no_f_noise_and_matches_pytorch(inference_checkpoint, py
 
 
 def test_export_errors_are_one_line(tmp_path, capsys):
-    assert export_main(["--checkpoint", str(tmp_path / "missing.pth"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert (
+        export_main(
+            [
+                "--checkpoint",
+                str(tmp_path / "missing.pth"),
+                "--format",
+                "onnx",
+                "--out",
+                str(tmp_path / "m.onnx"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "missing.pth" in err and "\n" not in err
     assert not list(tmp_path.iterdir())  # nothing half-written

@@ -22,11 +22,24 @@ def val_images(synthetic_coco):
     return [(img["id"], synthetic_coco.val_images / img["file_name"]) for img in images]
 
 
-def test_overlays_and_results_match_the_model(inference_checkpoint, synthetic_coco, val_images, tmp_path, capsys):
+def test_overlays_and_results_match_the_model(
+    inference_checkpoint, synthetic_coco, val_images, tmp_path, capsys
+):
     out = tmp_path / "out"
     paths = [p for _, p in val_images[:3]]
-    argv = ["--checkpoint", str(inference_checkpoint), *map(str, paths), "--out-dir", str(out),
-            "--score-thresh", "0.1", "--batch-size", "2", "--ann", str(synthetic_coco.val_ann)]
+    argv = [
+        "--checkpoint",
+        str(inference_checkpoint),
+        *map(str, paths),
+        "--out-dir",
+        str(out),
+        "--score-thresh",
+        "0.1",
+        "--batch-size",
+        "2",
+        "--ann",
+        str(synthetic_coco.val_ann),
+    ]
     assert main(argv) == 0
     assert "3 images" in capsys.readouterr().out
 
@@ -44,7 +57,9 @@ def test_overlays_and_results_match_the_model(inference_checkpoint, synthetic_co
             x, y, w, h = entry["bbox"]
             assert [x, y, x + w, y + h] == pytest.approx(box, abs=0.02)
             assert entry["score"] == pytest.approx(score, abs=1e-4)
-            assert mask_utils.decode({**entry["segmentation"], "counts": entry["segmentation"]["counts"].encode()}).shape == tuple(image.shape[1:])
+            assert mask_utils.decode(
+                {**entry["segmentation"], "counts": entry["segmentation"]["counts"].encode()}
+            ).shape == tuple(image.shape[1:])
 
         overlay = np.asarray(Image.open(out / f"{path.stem}.png").convert("RGB"), dtype=np.int16)
         original = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
@@ -57,7 +72,20 @@ def test_overlays_and_results_match_the_model(inference_checkpoint, synthetic_co
 
 def test_high_threshold_gives_empty_results(inference_checkpoint, val_images, tmp_path):
     path = val_images[0][1]
-    assert main(["--checkpoint", str(inference_checkpoint), str(path), "--out-dir", str(tmp_path), "--score-thresh", "1"]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(inference_checkpoint),
+                str(path),
+                "--out-dir",
+                str(tmp_path),
+                "--score-thresh",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "results.json").read_text()) == []
     overlay = np.asarray(Image.open(tmp_path / f"{path.stem}.png").convert("RGB"))
     np.testing.assert_array_equal(overlay, np.asarray(Image.open(path).convert("RGB")))
@@ -68,7 +96,20 @@ def test_threshold_below_the_models_own_is_honoured(inference_checkpoint, val_im
     model, _ = model_from_checkpoint(inference_checkpoint)
     path = val_images[0][1]
     default_count = len(predict_batch(model, [read_image(path)])[0]["scores"])
-    assert main(["--checkpoint", str(inference_checkpoint), str(path), "--out-dir", str(tmp_path), "--score-thresh", "0.01"]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(inference_checkpoint),
+                str(path),
+                "--out-dir",
+                str(tmp_path),
+                "--score-thresh",
+                "0.01",
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results) > default_count and min(r["score"] for r in results) < 0.05
 
@@ -80,21 +121,55 @@ def test_output_names_disambiguate_same_stems():
 def test_bad_inputs_are_one_line_errors(inference_checkpoint, val_images, tmp_path, capsys):
     not_image = tmp_path / "notes.jpg"
     not_image.write_text("hello")
-    assert main(["--checkpoint", str(inference_checkpoint), str(not_image), "--out-dir", str(tmp_path / "o")]) == 2
+    assert (
+        main(["--checkpoint", str(inference_checkpoint), str(not_image), "--out-dir", str(tmp_path / "o")])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "notes.jpg" in err and "\n" not in err
 
-    assert main(["--checkpoint", str(tmp_path / "nope.pth"), str(val_images[0][1]), "--out-dir", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(tmp_path / "nope.pth"),
+                str(val_images[0][1]),
+                "--out-dir",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "nope.pth" in err and "\n" not in err
 
     copy = tmp_path / "elsewhere.jpg"
     shutil.copy(val_images[0][1], copy)
-    assert main(["--checkpoint", str(inference_checkpoint), str(copy), "--out-dir", str(tmp_path / "o"),
-                 "--ann", str(inference_checkpoint.parent / "missing.json")]) == 2
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(inference_checkpoint),
+                str(copy),
+                "--out-dir",
+                str(tmp_path / "o"),
+                "--ann",
+                str(inference_checkpoint.parent / "missing.json"),
+            ]
+        )
+        == 2
+    )
     assert "missing.json" in capsys.readouterr().err
 
     with pytest.raises(SystemExit) as exc:
-        main(["--checkpoint", str(inference_checkpoint), str(tmp_path / "absent.jpg"), "--out-dir", str(tmp_path)])
+        main(
+            [
+                "--checkpoint",
+                str(inference_checkpoint),
+                str(tmp_path / "absent.jpg"),
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
     assert exc.value.code == 2 and "absent.jpg" in capsys.readouterr().err
     assert not (tmp_path / "o" / "results.json").exists()

@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -44,13 +43,17 @@ def service(inference_checkpoint):
 
 @pytest.fixture(scope="module")
 def base_url(service):
-    app = create_app(service, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS, score_thresh=SCORE_THRESH)
+    app = create_app(
+        service, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS, score_thresh=SCORE_THRESH
+    )
     with running_server(app) as url:
         yield url
 
 
 def post_image(client, url: str, data: bytes, filename: str = "image.jpg", **params):
-    return client.post(f"{url}/predict", params=params, files={"image": (filename, data, "application/octet-stream")})
+    return client.post(
+        f"{url}/predict", params=params, files={"image": (filename, data, "application/octet-stream")}
+    )
 
 
 def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -65,7 +68,11 @@ def test_health_and_model_metadata(base_url, service):
         meta = client.get(f"{base_url}/model").json()
     assert meta["categories"] == service.categories and meta["num_classes"] == len(service.categories) + 1
     assert meta["arch"] == "mobilenet_v3" and meta["min_size"] == [128] and meta["max_size"] == 160
-    assert (meta["max_upload_bytes"], meta["max_pixels"], meta["score_thresh"]) == (MAX_UPLOAD_BYTES, MAX_PIXELS, SCORE_THRESH)
+    assert (meta["max_upload_bytes"], meta["max_pixels"], meta["score_thresh"]) == (
+        MAX_UPLOAD_BYTES,
+        MAX_PIXELS,
+        SCORE_THRESH,
+    )
 
 
 def test_predict_json_matches_the_model(base_url, inference_checkpoint, val_files):
@@ -84,10 +91,15 @@ def test_predict_json_matches_the_model(base_url, inference_checkpoint, val_file
     for instance, box, label, score, mask in zip(
         instances, expected["boxes"], expected["labels"], expected["scores"], expected["masks"]
     ):
-        assert instance["label"] == int(label) and instance["name"] == ["circle", "triangle", "rectangle", "star"][label - 1]
+        assert (
+            instance["label"] == int(label)
+            and instance["name"] == ["circle", "triangle", "rectangle", "star"][label - 1]
+        )
         assert instance["score"] == pytest.approx(float(score), abs=1e-4)
         assert instance["box"] == pytest.approx(box.tolist(), abs=0.01)
-        decoded = mask_utils.decode({"size": instance["mask"]["size"], "counts": instance["mask"]["counts"].encode()})
+        decoded = mask_utils.decode(
+            {"size": instance["mask"]["size"], "counts": instance["mask"]["counts"].encode()}
+        )
         np.testing.assert_array_equal(decoded, (mask[0] >= 0.5).numpy().astype(np.uint8))
 
 
@@ -100,7 +112,12 @@ def test_predict_png_overlay_and_score_thresh(base_url, val_files):
     overlay = Image.open(io.BytesIO(response.content))
     original = Image.open(path).convert("RGB")
     assert overlay.size == original.size
-    assert np.abs(np.asarray(overlay.convert("RGB"), dtype=np.int16) - np.asarray(original, dtype=np.int16)).max() > 50
+    assert (
+        np.abs(
+            np.asarray(overlay.convert("RGB"), dtype=np.int16) - np.asarray(original, dtype=np.int16)
+        ).max()
+        > 50
+    )
     assert none.status_code == 200 and none.json()["instances"] == []
 
 
@@ -162,8 +179,19 @@ def _free_port() -> int:
 
 def test_command_line_serves_until_stopped(inference_checkpoint):
     port = _free_port()
-    command = [sys.executable, "-m", "fnoise_maskrcnn.serve", "--checkpoint", str(inference_checkpoint),
-               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "fnoise_maskrcnn.serve",
+        "--checkpoint",
+        str(inference_checkpoint),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 90
@@ -177,7 +205,9 @@ def test_command_line_serves_until_stopped(inference_checkpoint):
                 except httpx.TransportError:
                     time.sleep(0.25)
             assert health.json() == {"status": "ok"}
-            assert client.get(f"http://127.0.0.1:{port}/model").json()["checkpoint"] == inference_checkpoint.name
+            assert (
+                client.get(f"http://127.0.0.1:{port}/model").json()["checkpoint"] == inference_checkpoint.name
+            )
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -191,7 +221,13 @@ def test_command_line_serves_until_stopped(inference_checkpoint):
 def test_command_line_errors_are_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "fnoise_maskrcnn.serve", "--checkpoint", str(tmp_path / "none.pth")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("error: ") and "none.pth" in result.stderr and result.stderr.count("\n") == 1
+    assert (
+        result.stderr.strip().startswith("error: ")
+        and "none.pth" in result.stderr
+        and result.stderr.count("\n") == 1
+    )

@@ -76,7 +76,9 @@ def run_cocoeval(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return np.asarray(evaluator.stats, dtype=np.float64), np.asarray(evaluator.eval["precision"], dtype=np.float64)
+    return np.asarray(evaluator.stats, dtype=np.float64), np.asarray(
+        evaluator.eval["precision"], dtype=np.float64
+    )
 
 
 def _metrics_faster(gt_dataset: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
@@ -108,7 +110,9 @@ def _metrics_faster(gt_dataset: Mapping[str, Any], results: Sequence[Mapping[str
 
 
 def match_categories(
-    model_categories: Sequence[Mapping[str, Any]], data_categories: Sequence[Mapping[str, Any]], ann_file: Path
+    model_categories: Sequence[Mapping[str, Any]],
+    data_categories: Sequence[Mapping[str, Any]],
+    ann_file: Path,
 ) -> Tuple[List[Dict[str, Any]], List[str], List[str]]:
     """Checks that categories with the same id have the same name in the model and the data.
 
@@ -155,7 +159,11 @@ def evaluate_checkpoint(
     dataset = CocoInstances(image_dir, ann_file, max_images=max_images)
     _, only_data, only_model = match_categories(ckpt["categories"], dataset.categories, ann_file)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_fn,
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_fn,
         pin_memory=torch_device.type == "cuda",
     )
     data_ids = {c["id"] for c in dataset.categories}
@@ -187,17 +195,25 @@ def evaluate_checkpoint(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fnoise_maskrcnn.evaluate",
-        description="COCO bbox and segm evaluation of a checkpoint on a COCO-format set (tables on stdout, JSON file).",
+        description="COCO bbox and segm AP of a checkpoint on a COCO-format set (printed, and as JSON).",
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint written by training")
     parser.add_argument("--ann", required=True, type=Path, help="COCO instances JSON of the evaluation set")
-    parser.add_argument("--images", required=True, type=Path, help="folder the annotation file's file_name are in")
-    parser.add_argument("--out", type=Path, help="metrics JSON (default: <checkpoint stem>-<ann stem>-metrics.json next to the checkpoint)")
+    parser.add_argument(
+        "--images", required=True, type=Path, help="folder the annotation file's file_name are in"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="metrics JSON (default: <checkpoint stem>-<ann stem>-metrics.json next to the checkpoint)",
+    )
     parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
     parser.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
     parser.add_argument("--max-images", type=int, help="evaluate the first N images only (by image id)")
     parser.add_argument("--device", default="auto", help="'auto' (GPU when there is one), 'cpu', 'cuda' ...")
-    parser.add_argument("--backend", choices=BACKENDS, default="pycocotools", help="COCOeval implementation (same numbers)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="pycocotools", help="COCOeval implementation (same numbers)"
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -213,8 +229,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}-{args.ann.stem}-metrics.json")
     try:
         metrics = evaluate_checkpoint(
-            args.checkpoint, args.ann, args.images, batch_size=args.batch_size, device=args.device,
-            workers=args.workers, max_images=args.max_images, backend=args.backend,
+            args.checkpoint,
+            args.ann,
+            args.images,
+            batch_size=args.batch_size,
+            device=args.device,
+            workers=args.workers,
+            max_images=args.max_images,
+            backend=args.backend,
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic((json.dumps(metrics, indent=2) + "\n").encode(), out)
@@ -224,7 +246,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{metrics['images']} images, {metrics['detections']} detections, COCO AP in % ({args.backend}):")
     print(format_metrics_table(metrics))
     if metrics["categories_without_predictions"]:
-        print(f"categories the model does not predict: {', '.join(metrics['categories_without_predictions'])}")
+        print(
+            f"categories the model does not predict: {', '.join(metrics['categories_without_predictions'])}"
+        )
     print(f"metrics written to {out}")
     return 0
 

@@ -109,7 +109,7 @@ def export_onnx(model: MaskRCNN, path: Path, metadata: Optional[Mapping[str, str
 
 
 def export_torchscript(model: MaskRCNN, path: Path, metadata: Optional[Mapping[str, str]] = None) -> None:
-    """Writes ``torch.jit.script(model)`` to ``path`` atomically; ``metadata`` as ``<key>.json`` extra files."""
+    """Writes ``torch.jit.script(model)`` to ``path`` atomically; ``metadata`` as ``<key>.json`` files."""
     with warnings.catch_warnings():
         # torch.jit is deprecated in favour of torch.export, which cannot yet take torchvision's
         # detection models with their data-dependent shapes.
@@ -146,13 +146,15 @@ def export(checkpoint: Path, fmt: str, out: Path, score_thresh: Optional[float] 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fnoise_maskrcnn.export",
-        description="Export a checkpoint to ONNX (one image per run, any size) or TorchScript, without F-Noise.",
+        description="Export a checkpoint to ONNX (one image per run, any size) or TorchScript.",
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint written by training")
     parser.add_argument("--format", required=True, choices=FORMATS, help="output format")
     parser.add_argument("--out", required=True, type=Path, help="output file (.onnx / .pt)")
     parser.add_argument(
-        "--score-thresh", type=float, help="the exported model's box score threshold (default: the checkpoint's, 0.05)"
+        "--score-thresh",
+        type=float,
+        help="the exported model's box score threshold (default: the checkpoint's, 0.05)",
     )
     args = parser.parse_args(argv)
     if args.score_thresh is not None and not 0.0 <= args.score_thresh <= 1.0:

@@ -78,7 +78,9 @@ def open_image(data: bytes, max_pixels: Optional[int] = None, source: str = "ima
         raise ImageError(f"{source}: not a readable image ({exc.__class__.__name__})") from exc
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLargeError(f"{source}: image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
+        raise ImageTooLargeError(
+            f"{source}: image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+        )
     return image
 
 
@@ -114,7 +116,10 @@ def filter_by_score(output: Mapping[str, torch.Tensor], score_thresh: float) -> 
 
 @torch.inference_mode()
 def predict_batch(
-    model: MaskRCNN, images: Sequence[torch.Tensor], score_thresh: float = 0.0, device: Optional[torch.device] = None
+    model: MaskRCNN,
+    images: Sequence[torch.Tensor],
+    score_thresh: float = 0.0,
+    device: Optional[torch.device] = None,
 ) -> List[Output]:
     """Runs the model (in eval mode) on a batch of images of any sizes.
 
@@ -202,7 +207,9 @@ def encode_masks(masks: torch.Tensor) -> List[Dict[str, Any]]:
     return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]
 
 
-def instances_to_json(output: Mapping[str, torch.Tensor], categories: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+def instances_to_json(
+    output: Mapping[str, torch.Tensor], categories: Sequence[Mapping[str, Any]]
+) -> List[Dict[str, Any]]:
     """One JSON-able dict per detection: ``box`` (XYXY pixels), ``label`` (1..K), ``category_id``
     (the original dataset id), ``name``, ``score``, and ``mask`` (COCO RLE) when the output has masks."""
     rles = encode_masks(output["masks"]) if "masks" in output else None

@@ -22,7 +22,15 @@ import torch
 
 from .checkpoint import CheckpointError, model_from_checkpoint
 from .coco_eval import predictions_to_coco_results
-from .inference import ImageError, draw_overlay, png_bytes, predict_batch, read_image, resolve_device, write_bytes_atomic
+from .inference import (
+    ImageError,
+    draw_overlay,
+    png_bytes,
+    predict_batch,
+    read_image,
+    resolve_device,
+    write_bytes_atomic,
+)
 
 __all__ = ["main", "output_names", "image_ids_from_annotations"]
 
@@ -44,7 +52,9 @@ def image_ids_from_annotations(images: Sequence[Path], ann_file: Path) -> List[i
         data = json.loads(ann_file.read_text())
         by_name = {Path(img["file_name"]).name: int(img["id"]) for img in data["images"]}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{ann_file}: not a readable COCO annotation file ({exc.__class__.__name__}: {exc})") from exc
+        raise ValueError(
+            f"{ann_file}: not a readable COCO annotation file ({exc.__class__.__name__}: {exc})"
+        ) from exc
     missing = [p for p in images if p.name not in by_name]
     if missing:
         raise ValueError(f"{missing[0]}: no image of that file name in {ann_file}")
@@ -54,16 +64,28 @@ def image_ids_from_annotations(images: Sequence[Path], ann_file: Path) -> List[i
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fnoise_maskrcnn.predict",
-        description="Draw a checkpoint's predictions on images (PNG overlays) and write them as COCO results JSON.",
+        description="Draw a checkpoint's predictions on images (PNG overlays); write COCO results JSON.",
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint written by training")
-    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (any format PIL reads)")
-    parser.add_argument("--out-dir", required=True, type=Path, help="folder for the overlays and results.json")
-    parser.add_argument("--score-thresh", type=float, default=0.5, help="keep detections with score >= this (default 0.5)")
+    parser.add_argument(
+        "images", nargs="+", type=Path, metavar="IMAGE", help="image files (any format PIL reads)"
+    )
+    parser.add_argument(
+        "--out-dir", required=True, type=Path, help="folder for the overlays and results.json"
+    )
+    parser.add_argument(
+        "--score-thresh", type=float, default=0.5, help="keep detections with score >= this (default 0.5)"
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
-    parser.add_argument("--device", default="auto", help="'auto' (GPU when there is one), 'cpu', 'cuda', 'cuda:1' ...")
-    parser.add_argument("--ann", type=Path, help="COCO annotation file whose image ids the results should use")
-    parser.add_argument("--results-name", default="results.json", help="name of the results file in --out-dir")
+    parser.add_argument(
+        "--device", default="auto", help="'auto' (GPU when there is one), 'cpu', 'cuda', 'cuda:1' ..."
+    )
+    parser.add_argument(
+        "--ann", type=Path, help="COCO annotation file whose image ids the results should use"
+    )
+    parser.add_argument(
+        "--results-name", default="results.json", help="name of the results file in --out-dir"
+    )
     return parser
 
 

@@ -56,7 +56,14 @@ try:
 except ImportError:  # the serve extra is not installed; main() and create_app() say so
     FastAPI = None
 
-__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_PIXELS", "ModelService", "create_app", "running_server", "main"]
+__all__ = [
+    "DEFAULT_MAX_UPLOAD_BYTES",
+    "DEFAULT_MAX_PIXELS",
+    "ModelService",
+    "create_app",
+    "running_server",
+    "main",
+]
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -73,7 +80,9 @@ class ModelService:
         device: ``"auto"`` (GPU when there is one), ``"cpu"``, ``"cuda"`` ...
     """
 
-    def __init__(self, checkpoint: Union[str, Path, Mapping[str, Any]], device: Optional[str] = "auto") -> None:
+    def __init__(
+        self, checkpoint: Union[str, Path, Mapping[str, Any]], device: Optional[str] = "auto"
+    ) -> None:
         self.device = resolve_device(device)
         self.model, ckpt = model_from_checkpoint(checkpoint, device=self.device)
         self.categories = list(ckpt["categories"])
@@ -83,7 +92,7 @@ class ModelService:
         self._lock = threading.Lock()
 
     def predict(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Detections for one ``float32 [3, H, W]`` image (see :func:`~fnoise_maskrcnn.inference.predict_batch`)."""
+        """Detections for one ``float32 [3, H, W]`` image (see :func:`.inference.predict_batch`)."""
         with self._lock:
             return predict_batch(self.model, [image], device=self.device)[0]
 
@@ -167,7 +176,9 @@ def create_app(
         try:
             form = await request.form(max_files=1, max_fields=8)
         except Exception as exc:  # Starlette raises several types for malformed bodies
-            raise _bad_request(400, f"expected a multipart/form-data body with an 'image' file: {exc}") from None
+            raise _bad_request(
+                400, f"expected a multipart/form-data body with an 'image' file: {exc}"
+            ) from None
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             raise _bad_request(400, "expected a multipart/form-data body with an 'image' file field")
@@ -183,10 +194,14 @@ def create_app(
             raise _bad_request(415, str(exc)) from None
         output = filter_by_score(await run_in_threadpool(service.predict, image), thresh)
         if fmt == "png":
-            overlay = await run_in_threadpool(lambda: png_bytes(draw_overlay(image, output, service.categories)))
+            overlay = await run_in_threadpool(
+                lambda: png_bytes(draw_overlay(image, output, service.categories))
+            )
             return Response(content=overlay, media_type="image/png")
         instances = await run_in_threadpool(instances_to_json, output, service.categories)
-        return JSONResponse({"width": int(image.shape[2]), "height": int(image.shape[1]), "instances": instances})
+        return JSONResponse(
+            {"width": int(image.shape[2]), "height": int(image.shape[1]), "instances": instances}
+        )
 
     return app
 
@@ -222,16 +237,26 @@ def running_server(app: "FastAPI", host: str = "127.0.0.1", timeout: float = 30.
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fnoise_maskrcnn.serve",
-        description="Serve a checkpoint over HTTP: POST /predict (multipart 'image'), GET /health, GET /model.",
+        description="Serve a checkpoint over HTTP: POST /predict (multipart 'image'), GET /health, /model.",
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint written by training")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    parser.add_argument("--max-upload-bytes", type=int, default=DEFAULT_MAX_UPLOAD_BYTES,
-                        help=f"largest accepted image file (default {DEFAULT_MAX_UPLOAD_BYTES})")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help=f"largest accepted width*height (default {DEFAULT_MAX_PIXELS})")
-    parser.add_argument("--score-thresh", type=float, default=0.5, help="default minimum score returned (default 0.5)")
+    parser.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        default=DEFAULT_MAX_UPLOAD_BYTES,
+        help=f"largest accepted image file (default {DEFAULT_MAX_UPLOAD_BYTES})",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"largest accepted width*height (default {DEFAULT_MAX_PIXELS})",
+    )
+    parser.add_argument(
+        "--score-thresh", type=float, default=0.5, help="default minimum score returned (default 0.5)"
+    )
     parser.add_argument("--device", default="auto", help="'auto' (GPU when there is one), 'cpu', 'cuda' ...")
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
@@ -245,8 +270,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         app = create_app(
-            args.checkpoint, max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
-            score_thresh=args.score_thresh, device=args.device,
+            args.checkpoint,
+            max_upload_bytes=args.max_upload_bytes,
+            max_pixels=args.max_pixels,
+            score_thresh=args.score_thresh,
+            device=args.device,
         )
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,72 @@
+"""What the inference benchmarks share: a benchmark checkpoint and real images to run it on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List
+
+import torch
+
+from fnoise_maskrcnn import maskrcnn_resnet50_fpn
+from fnoise_maskrcnn.checkpoint import save_checkpoint
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def write_random_checkpoint(
+    path: Path, num_classes: int, min_size: int, max_size: int, detections_per_img: int = 20, seed: int = 0
+) -> Path:
+    """A ResNet-50-FPN Mask R-CNN with F-Noise and random weights, saved as one of our checkpoints.
+
+    BatchNorm statistics are set from a few random images, so that features are those of a working
+    network rather than of an all-zero one. An untrained model fills its ``detections_per_img`` quota
+    on every image, and the mask head's cost grows with it; 20 is about what a trained COCO model
+    keeps above a 0.05 score on a typical image.
+    """
+    torch.manual_seed(seed)
+    model = maskrcnn_resnet50_fpn(
+        weights_backbone=None,
+        num_classes=num_classes,
+        use_f_noise=True,
+        min_size=min_size,
+        max_size=max_size,
+        box_detections_per_img=detections_per_img,
+    )
+    body = model.backbone.body
+    for module in body.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    body.train()
+    with torch.no_grad():
+        for _ in range(2):
+            body(torch.rand(2, 3, min_size, min_size))
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0.0, 0.002)
+    model.eval()
+    categories = [{"id": i, "name": f"class{i}"} for i in range(1, num_classes)]
+    save_checkpoint(
+        {
+            "format": "fnoise_maskrcnn",
+            "version": 1,
+            "model": model.state_dict(),
+            "model_config": model.build_config,
+            "categories": categories,
+        },
+        path,
+    )
+    return path
+
+
+def benchmark_images(count: int) -> List[Path]:
+    """``count`` real images: coco128's val images when present, else the synthetic dataset's."""
+    ann = SHARED_DATA / "coco128" / "val.json"
+    if ann.is_file():
+        images = sorted(json.loads(ann.read_text())["images"], key=lambda img: img["id"])
+        return [ann.parent / "images" / img["file_name"] for img in images[:count]]
+    from fnoise_maskrcnn.data.synthetic import default_dataset
+
+    splits = default_dataset()
+    images = sorted(json.loads(splits.val_ann.read_text())["images"], key=lambda img: img["id"])
+    return [splits.val_images / img["file_name"] for img in images[:count]]

@@ -1,0 +1,154 @@
+"""Inference speed on the CPU: ours against stock torchvision with the same weights, and PyTorch
+against ONNX Runtime running our ONNX export.
+
+Four variants see the same real images (coco128 val, else synthetic), one image per call (the ONNX
+graph takes one image), interleaved round by round so that load from other processes affects all
+alike; the JSON output has the median images/s per variant and the median per-round ratios.
+
+- ``ours``: ``model_from_checkpoint`` (the F-Noise model in eval mode);
+- ``torchvision``: ``torchvision.models.detection.MaskRCNN`` built from torchvision's own parts with
+  the checkpoint's state_dict loaded (strict);
+- ``onnxruntime``: ``python -m fnoise_maskrcnn.export --format onnx`` under onnxruntime's CPU provider;
+- ``ours_no_f_noise``: ours with the F-Noise module removed (what export does), to isolate its cost.
+
+    python benchmarks/bench_inference.py [--checkpoint CKPT] [--images 2] [--rounds 3] [--threads 2]
+
+Without ``--checkpoint`` a random-weight ResNet-50 model at ``--min-size 256 --max-size 384``, keeping
+20 detections per image, is used (see ``_inference_common.write_random_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torchvision.models import resnet50
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.ops import misc as misc_nn_ops
+
+from _inference_common import benchmark_images, write_random_checkpoint
+from fnoise_maskrcnn.checkpoint import model_from_checkpoint
+from fnoise_maskrcnn.export import export
+from fnoise_maskrcnn.inference import read_image
+
+
+def stock_torchvision_model(checkpoint: dict) -> MaskRCNN:
+    """The same network assembled from torchvision's own modules only (ResNet-50 checkpoints)."""
+    config = checkpoint["model_config"]
+    if config["arch"] != "resnet50":
+        raise SystemExit("error: the torchvision comparison is for resnet50 checkpoints")
+    norm_layer = misc_nn_ops.FrozenBatchNorm2d if config.get("frozen_batchnorm") else torch.nn.BatchNorm2d
+    backbone = _resnet_fpn_extractor(
+        resnet50(weights=None, norm_layer=norm_layer), config["trainable_backbone_layers"] or 5
+    )
+    model = MaskRCNN(backbone, num_classes=config["num_classes"], **config["model_kwargs"])
+    model.load_state_dict(checkpoint["model"], strict=True)
+    return model.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--min-size", type=int, default=256)
+    parser.add_argument("--max-size", type=int, default=384)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt_path = args.checkpoint or write_random_checkpoint(
+            Path(tmp) / "random.pth", 81, args.min_size, args.max_size
+        )
+        ours, checkpoint = model_from_checkpoint(ckpt_path)
+        stock = stock_torchvision_model(checkpoint)
+        stripped, _ = model_from_checkpoint(ckpt_path)
+        stripped.backbone = stripped.backbone.without_f_noise()
+        onnx_path = Path(tmp) / "model.onnx"
+        start = time.perf_counter()
+        export(ckpt_path, "onnx", onnx_path)
+        export_seconds = time.perf_counter() - start
+        print(f"exported in {export_seconds:.0f} s", file=sys.stderr)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+    paths = benchmark_images(args.images)
+    images = [read_image(p) for p in paths]
+
+    def run_torch(model):
+        with torch.inference_mode():
+            return [model([image])[0] for image in images]
+
+    def run_ort():
+        return [session.run(None, {"image": image.numpy()}) for image in images]
+
+    variants = {
+        "ours": lambda: run_torch(ours),
+        "torchvision": lambda: run_torch(stock),
+        "ours_no_f_noise": lambda: run_torch(stripped),
+        "onnxruntime": run_ort,
+    }
+    for name, fn in variants.items():  # warm-up (allocator, ORT graph optimisation)
+        start = time.perf_counter()
+        fn()
+        print(f"warm-up {name}: {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    seconds = {name: [] for name in variants}
+    for r in range(args.rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+        print(
+            f"round {r + 1}: " + ", ".join(f"{n} {s[-1]:.2f} s" for n, s in seconds.items()), file=sys.stderr
+        )
+
+    reference = run_torch(stock)
+    same = all(
+        torch.equal(a[k], b[k])
+        for a, b in zip(run_torch(ours), reference)
+        for k in ("boxes", "labels", "scores", "masks")
+    )
+    onnx_out = run_ort()
+    detections = [len(o["scores"]) for o in reference]
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(seconds[a], seconds[b]))
+
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"CPU, torch threads {args.threads}, shared with other jobs",
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "checkpoint": str(args.checkpoint)
+        if args.checkpoint
+        else f"random resnet50, min_size {args.min_size}, max_size {args.max_size}",
+        "images": [f"{p.name} {tuple(i.shape[1:])}" for p, i in zip(paths, images)],
+        "detections_per_image": detections,
+        "onnx_detections_per_image": [len(o[2]) for o in onnx_out],
+        "rounds": args.rounds,
+        "images_per_second_median": {n: len(images) / statistics.median(s) for n, s in seconds.items()},
+        "time_ratio_ours_over_torchvision": ratio("ours", "torchvision"),
+        "time_ratio_ours_no_f_noise_over_torchvision": ratio("ours_no_f_noise", "torchvision"),
+        "time_ratio_onnxruntime_over_pytorch": ratio("onnxruntime", "ours_no_f_noise"),
+        "ours_equals_torchvision_bitwise": same,
+        "onnx_export_seconds": export_seconds,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main()
