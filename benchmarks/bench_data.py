@@ -57,7 +57,12 @@ class ReferenceStyleCoco(CocoDetection):
             masks.append(torch.from_numpy(mask_utils.decode(rle)))
         masks = torch.stack(masks) if masks else torch.zeros((0, height, width), dtype=torch.uint8)
         keep = (boxes[:, 3] > boxes[:, 1]) & (boxes[:, 2] > boxes[:, 0])
-        target = {"boxes": boxes[keep], "labels": labels[keep], "masks": masks[keep], "image_id": self.ids[index]}
+        target = {
+            "boxes": boxes[keep],
+            "labels": labels[keep],
+            "masks": masks[keep],
+            "image_id": self.ids[index],
+        }
         return F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True), target
 
 
@@ -78,7 +83,9 @@ def same_masks(ours, reference) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with images/ and <split>.json")
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="folder with images/ and <split>.json"
+    )
     parser.add_argument("--split", default="train")
     parser.add_argument("--passes", type=int, default=5)
     args = parser.parse_args()
@@ -101,14 +108,26 @@ def main() -> None:
         f"workers={w}": {
             **{f"{name}_images_per_s": round(statistics.median(results[name][w]), 2) for name in variants},
             "ratio_ours_over_reference": round(
-                statistics.median(results["ours"][w]) / statistics.median(results["reference_style"][w]), 3),
+                statistics.median(results["ours"][w]) / statistics.median(results["reference_style"][w]), 3
+            ),
         }
         for w in (0, 2)
     }
-    print(json.dumps({
-        "data": str(ann_file), "images": len(variants["ours"]), "passes": args.passes, "batch_size": 2,
-        "same_masks": equal, **summary, "raw": results, "note": "2-core CPU, shared with other jobs; 1 torch thread",
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "data": str(ann_file),
+                "images": len(variants["ours"]),
+                "passes": args.passes,
+                "batch_size": 2,
+                "same_masks": equal,
+                **summary,
+                "raw": results,
+                "note": "2-core CPU, shared with other jobs; 1 torch thread",
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

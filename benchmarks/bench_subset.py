@@ -35,20 +35,28 @@ CATEGORY = "bus"
 # (imports, work): peak RSS is also read after the imports, since importing the package (torch,
 # torchvision) alone costs several hundred MB that have nothing to do with the annotation file.
 _CHILD = {
-    "stream": ("from fnoise_maskrcnn.data.subset import make_subset", """
-result = make_subset(ANN, IMAGES, OUT, categories=["bus"], split={"train": 0.8, "val": 0.1, "test": 0.1}, seed=0)
+    "stream": (
+        "from fnoise_maskrcnn.data.subset import make_subset",
+        """
+split = {"train": 0.8, "val": 0.1, "test": 0.1}
+result = make_subset(ANN, IMAGES, OUT, categories=["bus"], split=split, seed=0)
 kept = sum(result.images.values())
-"""),
-    "plain": ("import contextlib, io, json\nfrom pycocotools.coco import COCO", """
+""",
+    ),
+    "plain": (
+        "import contextlib, io, json\nfrom pycocotools.coco import COCO",
+        """
 with contextlib.redirect_stdout(io.StringIO()):
     coco = COCO(ANN)
 cat_ids = coco.getCatIds(catNms=["bus"])
 img_ids = sorted(set(coco.getImgIds(catIds=cat_ids)))
 anns = coco.loadAnns(coco.getAnnIds(imgIds=img_ids, catIds=cat_ids, iscrowd=None))
 with open(OUT + "/all.json", "w") as f:
-    json.dump({"images": coco.loadImgs(img_ids), "annotations": anns, "categories": coco.loadCats(cat_ids)}, f)
+    images, categories = coco.loadImgs(img_ids), coco.loadCats(cat_ids)
+    json.dump({"images": images, "annotations": anns, "categories": categories}, f)
 kept = len(img_ids)
-"""),
+""",
+    ),
 }
 
 _CHILD_WRAPPER = """
@@ -85,9 +93,20 @@ def write_fake_coco(path: Path, seed: int = 0) -> set[int]:
     with open(path, "w") as f:
         f.write('{"info": {"description": "fake COCO-scale file"}, "licenses": [], "images": [')
         for i in range(1, NUM_IMAGES + 1):
-            f.write(("," if i > 1 else "") + json.dumps({
-                "license": 1, "file_name": f"{i:012d}.jpg", "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.jpg",
-                "height": 480, "width": 640, "date_captured": "2013-11-14 11:18:45", "id": i}))
+            f.write(
+                ("," if i > 1 else "")
+                + json.dumps(
+                    {
+                        "license": 1,
+                        "file_name": f"{i:012d}.jpg",
+                        "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.jpg",
+                        "height": 480,
+                        "width": 640,
+                        "date_captured": "2013-11-14 11:18:45",
+                        "id": i,
+                    }
+                )
+            )
         f.write('], "annotations": [')
         for a in range(1, NUM_ANNOTATIONS + 1):
             image_id = rng.randint(1, NUM_IMAGES)
@@ -99,15 +118,29 @@ def write_fake_coco(path: Path, seed: int = 0) -> set[int]:
                 segmentation = {"counts": counts + [480 * 640 - sum(counts)], "size": [480, 640]}
             else:
                 n = rng.randint(8, 40)
-                segmentation = [[round(v, 2) for _ in range(n) for v in (x + rng.uniform(0, w), y + rng.uniform(0, h))]]
-            f.write(("," if a > 1 else "") + json.dumps({
-                "segmentation": segmentation, "area": round(w * h * 0.6, 4), "iscrowd": int(crowd),
-                "image_id": image_id, "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
-                "category_id": category, "id": a}))
+                segmentation = [
+                    [round(v, 2) for _ in range(n) for v in (x + rng.uniform(0, w), y + rng.uniform(0, h))]
+                ]
+            f.write(
+                ("," if a > 1 else "")
+                + json.dumps(
+                    {
+                        "segmentation": segmentation,
+                        "area": round(w * h * 0.6, 4),
+                        "iscrowd": int(crowd),
+                        "image_id": image_id,
+                        "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+                        "category_id": category,
+                        "id": a,
+                    }
+                )
+            )
             if category == bus_id:
                 bus_images.add(image_id)
         f.write('], "categories": ')
-        f.write(json.dumps([{"supercategory": "thing", "id": c, "name": n} for c, n in zip(category_ids, names)]))
+        f.write(
+            json.dumps([{"supercategory": "thing", "id": c, "name": n} for c, n in zip(category_ids, names)])
+        )
         f.write("}")
     return bus_images
 
@@ -116,8 +149,12 @@ def run_child(kind: str, ann: Path, images: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     imports, work = _CHILD[kind]
     code = _CHILD_WRAPPER.format(imports=imports, work=work)
-    proc = subprocess.run([sys.executable, "-c", code, str(ann), str(images), str(out)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(ann), str(images), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     shutil.rmtree(out)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -142,22 +179,36 @@ def main() -> None:
             for kind in runs:
                 runs[kind].append(run_child(kind, ann, images, work / f"out_{kind}"))
         summary = {
-            kind: {"seconds_median": statistics.median(r["seconds"] for r in rs),
-                   "peak_rss_mb_median": statistics.median(r["peak_rss_mb"] for r in rs),
-                   "peak_above_imports_mb_median": statistics.median(r["peak_above_imports_mb"] for r in rs),
-                   "kept_images": rs[0]["kept_images"], "runs": rs}
+            kind: {
+                "seconds_median": statistics.median(r["seconds"] for r in rs),
+                "peak_rss_mb_median": statistics.median(r["peak_rss_mb"] for r in rs),
+                "peak_above_imports_mb_median": statistics.median(r["peak_above_imports_mb"] for r in rs),
+                "kept_images": rs[0]["kept_images"],
+                "runs": rs,
+            }
             for kind, rs in runs.items()
         }
-        print(json.dumps({
-            "file_mb": round(ann.stat().st_size / 2**20, 1),
-            "images": NUM_IMAGES, "annotations": NUM_ANNOTATIONS, "generate_seconds": round(generate_seconds, 1),
-            **summary,
-            "time_ratio_stream_over_plain": summary["stream"]["seconds_median"] / summary["plain"]["seconds_median"],
-            "memory_ratio_stream_over_plain": summary["stream"]["peak_rss_mb_median"] / summary["plain"]["peak_rss_mb_median"],
-            "memory_above_imports_ratio_stream_over_plain": summary["stream"]["peak_above_imports_mb_median"]
-            / summary["plain"]["peak_above_imports_mb_median"],
-            "cpu_threads_note": "2-core CPU, shared with other jobs",
-        }, indent=1))
+        print(
+            json.dumps(
+                {
+                    "file_mb": round(ann.stat().st_size / 2**20, 1),
+                    "images": NUM_IMAGES,
+                    "annotations": NUM_ANNOTATIONS,
+                    "generate_seconds": round(generate_seconds, 1),
+                    **summary,
+                    "time_ratio_stream_over_plain": summary["stream"]["seconds_median"]
+                    / summary["plain"]["seconds_median"],
+                    "memory_ratio_stream_over_plain": summary["stream"]["peak_rss_mb_median"]
+                    / summary["plain"]["peak_rss_mb_median"],
+                    "memory_above_imports_ratio_stream_over_plain": summary["stream"][
+                        "peak_above_imports_mb_median"
+                    ]
+                    / summary["plain"]["peak_above_imports_mb_median"],
+                    "cpu_threads_note": "2-core CPU, shared with other jobs",
+                },
+                indent=1,
+            )
+        )
     finally:
         shutil.rmtree(work)
 

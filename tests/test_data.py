@@ -1,4 +1,4 @@
-"""CocoInstances: targets from every segmentation format, filtering, image modes, bad input, synthetic data."""
+"""CocoInstances: targets from each segmentation format, filtering, image modes, bad input, synthetic data."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from fnoise_maskrcnn.data import synthetic
 H, W = 12, 16
 
 
-def write_coco(root: Path, images: dict[str, Image.Image], annotations: list[dict], categories=None, **extra) -> Path:
+def write_coco(
+    root: Path, images: dict[str, Image.Image], annotations: list[dict], categories=None, **extra
+) -> Path:
     """Write ``root/images/<name>`` and ``root/ann.json``; image ids are 1.. in the order of ``images``."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     entries = []
@@ -189,13 +191,17 @@ def test_grayscale_rgba_cmyk_and_exif_orientation_become_upright_rgb(tmp_path):
 def test_train_transforms_flip_boxes_and_masks_together(tmp_path):
     anns = [{"bbox": [2, 2, 6, 6], "segmentation": [[2, 2, 8, 2, 8, 8, 2, 8]]}]
     ann_file = write_coco(tmp_path, {"a.png": rgb()}, anns)
-    ds = CocoInstances(tmp_path / "images", ann_file, build_transforms(True, scale_jitter=True, photometric=True))
+    ds = CocoInstances(
+        tmp_path / "images", ann_file, build_transforms(True, scale_jitter=True, photometric=True)
+    )
     seen_flip = False
     torch.manual_seed(0)
     for _ in range(12):
         image, target = ds[0]
         assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
-        assert isinstance(target["boxes"], tv_tensors.BoundingBoxes) and isinstance(target["masks"], tv_tensors.Mask)
+        assert isinstance(target["boxes"], tv_tensors.BoundingBoxes) and isinstance(
+            target["masks"], tv_tensors.Mask
+        )
         assert target["masks"].dtype == torch.uint8
         x1, y1, x2, y2 = target["boxes"][0].tolist()
         ys, xs = torch.nonzero(target["masks"][0], as_tuple=True)
@@ -259,7 +265,10 @@ def test_missing_files_and_corrupt_images(tmp_path):
     assert str(e.value).startswith(str(tmp_path / "images" / "b.png"))
 
     rgb(W + 1, H).save(tmp_path / "images" / "b.png")
-    with pytest.raises(DatasetError, match=r"b.png: image is 17x12 \(after EXIF orientation\), the annotation file says 16x12"):
+    with pytest.raises(
+        DatasetError,
+        match=r"b.png: image is 17x12 \(after EXIF orientation\), the annotation file says 16x12",
+    ):
         ds[1]
 
     (tmp_path / "images" / "b.png").unlink()

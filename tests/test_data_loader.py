@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch.utils.data import SequentialSampler
 
-from fnoise_maskrcnn.data import CocoInstances, GroupedBatchSampler, build_dataloader, build_transforms, set_epoch
+from fnoise_maskrcnn.data import (
+    CocoInstances,
+    GroupedBatchSampler,
+    build_dataloader,
+    build_transforms,
+    set_epoch,
+)
 from fnoise_maskrcnn.data.loader import aspect_ratio_groups
 
 

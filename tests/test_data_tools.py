@@ -26,13 +26,25 @@ def run_subset(capsys, *args):
 
 def test_subset_writes_deterministic_splits_with_original_ids(tmp_path, capsys, synthetic_coco):
     source = json.loads(synthetic_coco.train_ann.read_text())
-    common = ["--ann", synthetic_coco.train_ann, "--images", synthetic_coco.train_images,
-              "--categories", "star,triangle", "--split", "train=0.5,val=0.25,test=0.25", "--seed", "3"]
+    common = [
+        "--ann",
+        synthetic_coco.train_ann,
+        "--images",
+        synthetic_coco.train_images,
+        "--categories",
+        "star,triangle",
+        "--split",
+        "train=0.5,val=0.25,test=0.25",
+        "--seed",
+        "3",
+    ]
     code, out, err = run_subset(capsys, *common, "--out-dir", tmp_path / "a")
     assert code == 0, err
     assert run_subset(capsys, *common, "--out-dir", tmp_path / "b")[0] == 0
     for name in ("train", "val", "test"):
-        assert (tmp_path / "a" / f"{name}.json").read_bytes() == (tmp_path / "b" / f"{name}.json").read_bytes()
+        assert (tmp_path / "a" / f"{name}.json").read_bytes() == (
+            tmp_path / "b" / f"{name}.json"
+        ).read_bytes()
 
     kept = {2, 4}
     expected_images = sorted({a["image_id"] for a in source["annotations"] if a["category_id"] in kept})
@@ -48,8 +60,9 @@ def test_subset_writes_deterministic_splits_with_original_ids(tmp_path, capsys, 
         expected = [a for a in source["annotations"] if a["image_id"] in ids and a["category_id"] in kept]
         assert d["annotations"] == expected  # original ids, untouched
         for img in d["images"]:
-            assert (tmp_path / "a" / "images" / img["file_name"]).read_bytes() == \
-                (synthetic_coco.train_images / img["file_name"]).read_bytes()
+            assert (tmp_path / "a" / "images" / img["file_name"]).read_bytes() == (
+                synthetic_coco.train_images / img["file_name"]
+            ).read_bytes()
         ds = CocoInstances(tmp_path / "a" / "images", tmp_path / "a" / f"{name}.json")
         assert ds.categories == [{"id": 2, "name": "triangle"}, {"id": 4, "name": "star"}]
 
@@ -61,15 +74,30 @@ def test_subset_writes_deterministic_splits_with_original_ids(tmp_path, capsys, 
             anns = [a for a in d["annotations"] if a["category_id"] == cat_id]
             cells += [str(len({a["image_id"] for a in anns})), str(len(anns))]
         assert rows[cat_name] == [str(cat_id)] + cells
-    assert rows["total"] == [str(v) for d in splits.values() for v in (len(d["images"]), len(d["annotations"]))]
+    assert rows["total"] == [
+        str(v) for d in splits.values() for v in (len(d["images"]), len(d["annotations"]))
+    ]
 
 
 def test_subset_split_sizes_and_max_images(tmp_path, capsys, synthetic_coco):
-    assert subset.split_sizes(10, {"train": 0.8, "val": 0.1, "test": 0.1}) == {"train": 8, "val": 1, "test": 1}
+    assert subset.split_sizes(10, {"train": 0.8, "val": 0.1, "test": 0.1}) == {
+        "train": 8,
+        "val": 1,
+        "test": 1,
+    }
     assert subset.split_sizes(7, {"a": 0.5, "b": 0.5}) == {"a": 4, "b": 3}
     assert subset.split_sizes(5, {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}) == {"a": 2, "b": 2, "c": 1}
-    code, out, err = run_subset(capsys, "--ann", synthetic_coco.train_ann, "--images", synthetic_coco.train_images,
-                                "--max-images", 5, "--out-dir", tmp_path / "out")
+    code, out, err = run_subset(
+        capsys,
+        "--ann",
+        synthetic_coco.train_ann,
+        "--images",
+        synthetic_coco.train_images,
+        "--max-images",
+        5,
+        "--out-dir",
+        tmp_path / "out",
+    )
     assert code == 0, err
     data = json.loads((tmp_path / "out" / "train.json").read_text())
     assert [img["id"] for img in data["images"]] == [1, 2, 3, 4, 5]
@@ -81,15 +109,46 @@ def test_subset_keeps_crowd_annotations_and_counts_them(tmp_path, capsys):
     Image.new("RGB", (16, 12)).save(tmp_path / "images" / "a.png")
     poly = [[2, 2, 8, 2, 8, 8, 2, 8]]
     anns = [
-        {"id": 10, "image_id": 7, "category_id": 5, "bbox": [2, 2, 6, 6], "segmentation": poly, "iscrowd": 0, "area": 36},
-        {"id": 11, "image_id": 7, "category_id": 5, "bbox": [0, 0, 4, 4], "iscrowd": 1, "area": 16,
-         "segmentation": {"size": [12, 16], "counts": [0, 4, 8, 4, 8, 4, 8, 4, 152]}},
+        {
+            "id": 10,
+            "image_id": 7,
+            "category_id": 5,
+            "bbox": [2, 2, 6, 6],
+            "segmentation": poly,
+            "iscrowd": 0,
+            "area": 36,
+        },
+        {
+            "id": 11,
+            "image_id": 7,
+            "category_id": 5,
+            "bbox": [0, 0, 4, 4],
+            "iscrowd": 1,
+            "area": 16,
+            "segmentation": {"size": [12, 16], "counts": [0, 4, 8, 4, 8, 4, 8, 4, 152]},
+        },
     ]
     ann_file = tmp_path / "ann.json"
-    ann_file.write_text(json.dumps({"images": [{"id": 7, "file_name": "a.png", "width": 16, "height": 12}],
-                                    "annotations": anns, "categories": [{"id": 5, "name": "bus"}]}))
-    code, out, err = run_subset(capsys, "--ann", ann_file, "--images", tmp_path / "images", "--categories", "bus",
-                                "--out-dir", tmp_path / "out")
+    ann_file.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 7, "file_name": "a.png", "width": 16, "height": 12}],
+                "annotations": anns,
+                "categories": [{"id": 5, "name": "bus"}],
+            }
+        )
+    )
+    code, out, err = run_subset(
+        capsys,
+        "--ann",
+        ann_file,
+        "--images",
+        tmp_path / "images",
+        "--categories",
+        "bus",
+        "--out-dir",
+        tmp_path / "out",
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "out" / "train.json").read_text())["annotations"] == anns
     assert out.splitlines()[1].split() == ["bus", "5", "1", "1"]  # 1 image, 1 (non-crowd) instance
@@ -97,11 +156,20 @@ def test_subset_keeps_crowd_annotations_and_counts_them(tmp_path, capsys):
 
 
 def test_subset_bad_input_messages(tmp_path, capsys, synthetic_coco):
-    args = ["--ann", synthetic_coco.train_ann, "--images", synthetic_coco.train_images, "--out-dir", tmp_path / "o"]
+    args = [
+        "--ann",
+        synthetic_coco.train_ann,
+        "--images",
+        synthetic_coco.train_images,
+        "--out-dir",
+        tmp_path / "o",
+    ]
     code, _, err = run_subset(capsys, *args, "--categories", "circle", "bus")
     assert code == 2
-    assert err.strip() == (f"error: {synthetic_coco.train_ann}: unknown categories ['bus']; "
-                           "valid names: circle, rectangle, star, triangle")
+    assert err.strip() == (
+        f"error: {synthetic_coco.train_ann}: unknown categories ['bus']; "
+        "valid names: circle, rectangle, star, triangle"
+    )
     code, _, err = run_subset(capsys, *args, "--split", "train=0.9,val=0.9")
     assert code == 2 and "--split: fractions must sum to 1" in err
     code, _, err = run_subset(capsys, *args, "--max-images", 1, "--split", "train=0.5,val=0.5")
@@ -115,9 +183,21 @@ def test_subset_bad_input_messages(tmp_path, capsys, synthetic_coco):
 
 def test_subset_command_line_exit_code(tmp_path, synthetic_coco):
     proc = subprocess.run(
-        [sys.executable, "-m", "fnoise_maskrcnn.data.subset", "--ann", str(synthetic_coco.train_ann),
-         "--images", str(synthetic_coco.train_images), "--categories", "hexagon", "--out-dir", str(tmp_path)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "fnoise_maskrcnn.data.subset",
+            "--ann",
+            str(synthetic_coco.train_ann),
+            "--images",
+            str(synthetic_coco.train_images),
+            "--categories",
+            "hexagon",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "unknown categories ['hexagon']; valid names: circle, rectangle, star, triangle" in proc.stderr
@@ -125,9 +205,13 @@ def test_subset_command_line_exit_code(tmp_path, synthetic_coco):
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 1 << 20])
 def test_streaming_reader_matches_json_load(tmp_path, chunk_size):
-    doc = {"info": {"description": "caf\u00e9 \u2603", "year": 2017}, "images": [{"id": 1, "x": [1.5e3, -2]}],
-           "empty": [], "annotations": [{"id": i, "segmentation": [[0.25] * 6], "name": "\u00fc" * i} for i in range(5)],
-           "n": 12345}
+    doc = {
+        "info": {"description": "caf\u00e9 \u2603", "year": 2017},
+        "images": [{"id": 1, "x": [1.5e3, -2]}],
+        "empty": [],
+        "annotations": [{"id": i, "segmentation": [[0.25] * 6], "name": "\u00fc" * i} for i in range(5)],
+        "n": 12345,
+    }
     path = tmp_path / "a.json"
     path.write_text(json.dumps(doc, indent=1, ensure_ascii=False), encoding="utf-8")
     seen: dict[str, list] = {}
@@ -144,7 +228,7 @@ def test_streaming_reader_matches_json_load(tmp_path, chunk_size):
     assert list(read_spans(path, seen["images"])) == doc["images"]
 
 
-@pytest.mark.parametrize("text", ['{"a": [1, 2', '{"a": [1 2]}', '[1]', '{"a": 1} x'])
+@pytest.mark.parametrize("text", ['{"a": [1, 2', '{"a": [1 2]}', "[1]", '{"a": 1} x'])
 def test_streaming_reader_rejects_malformed_json(tmp_path, text):
     path = tmp_path / "bad.json"
     path.write_text(text)
@@ -166,8 +250,10 @@ def test_validate_reports_every_problem_with_file_names(tmp_path, capsys, synthe
     Image.new("RGB", (10, 10)).save(images / "size.png")
     poly = [[2, 2, 8, 2, 8, 8, 2, 8]]
     data = {
-        "images": [{"id": i, "file_name": n, "width": 16, "height": 12}
-                   for i, n in enumerate(["ok.png", "small.png", "size.png", "gone.png"], start=1)],
+        "images": [
+            {"id": i, "file_name": n, "width": 16, "height": 12}
+            for i, n in enumerate(["ok.png", "small.png", "size.png", "gone.png"], start=1)
+        ],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 6, 6], "segmentation": poly},
             {"id": 2, "image_id": 1, "category_id": 1, "bbox": [2, 2, -6, 6], "segmentation": poly},
@@ -188,7 +274,8 @@ def test_validate_reports_every_problem_with_file_names(tmp_path, capsys, synthe
     assert errors == [
         f"error: {ann_file}: annotations referencing unknown images: annotation id 4 -> image_id 99",
         f"error: {ann_file}: annotations referencing unknown categories: annotation id 5 -> category_id 3",
-        f"error: {images}: unreadable image files: {images / 'small.png'} " + errors[2].split("small.png ", 1)[1],
+        f"error: {images}: unreadable image files: {images / 'small.png'} "
+        + errors[2].split("small.png ", 1)[1],
         f"error: {images}: images whose size differs from the annotation file's width x height: "
         f"{images / 'size.png'} is 10x10, the file says 16x12",
         f"error: {images}: image files not found: {images / 'gone.png'}",
@@ -205,17 +292,41 @@ def test_validate_names_exif_rotation_mismatch(tmp_path):
     exif[0x0112] = 6
     Image.new("RGB", (20, 10)).save(tmp_path / "images" / "r.jpg", exif=exif.tobytes())
     ann_file = tmp_path / "ann.json"
-    ann_file.write_text(json.dumps({"images": [{"id": 1, "file_name": "r.jpg", "width": 20, "height": 10}],
-                                    "annotations": [], "categories": [{"id": 1, "name": "x"}]}))
+    ann_file.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "r.jpg", "width": 20, "height": 10}],
+                "annotations": [],
+                "categories": [{"id": 1, "name": "x"}],
+            }
+        )
+    )
     for decode in (True, False):
         report = validate_coco(ann_file, tmp_path / "images", decode=decode)
-        assert report.errors == [f"{tmp_path / 'images'}: images whose size matches the file only without their "
-                                 f"EXIF rotation: {tmp_path / 'images' / 'r.jpg'} is 10x20"]
+        assert report.errors == [
+            f"{tmp_path / 'images'}: images whose size matches the file only without their "
+            f"EXIF rotation: {tmp_path / 'images' / 'r.jpg'} is 10x20"
+        ]
 
 
 def test_synthetic_command_line(tmp_path, capsys):
-    assert synthetic.main(["--out-dir", str(tmp_path), "--num-images", "2", "--seed", "1",
-                           "--min-size", "64", "--max-size", "80"]) == 0
+    assert (
+        synthetic.main(
+            [
+                "--out-dir",
+                str(tmp_path),
+                "--num-images",
+                "2",
+                "--seed",
+                "1",
+                "--min-size",
+                "64",
+                "--max-size",
+                "80",
+            ]
+        )
+        == 0
+    )
     assert "train.json" in capsys.readouterr().out
     data = json.loads((tmp_path / "train.json").read_text())
     assert len(data["images"]) == 2 and not (tmp_path / "val.json").exists()

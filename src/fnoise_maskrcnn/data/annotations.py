@@ -52,7 +52,9 @@ def load_annotation_file(ann_file: str | os.PathLike) -> dict:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             found = "missing" if key not in data else f"a {type(data[key]).__name__}"
-            raise DatasetError(f"{path}: '{key}' must be a list, it is {found} (is this a COCO instances file?)")
+            raise DatasetError(
+                f"{path}: '{key}' must be a list, it is {found} (is this a COCO instances file?)"
+            )
     return data
 
 
@@ -118,7 +120,9 @@ def _clean_segmentation(seg: Any) -> tuple[Any, str | None]:
         size, counts = seg.get("size"), seg.get("counts")
         if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
             return None, "malformed"
-        if not isinstance(counts, (str, list)) or (isinstance(counts, list) and not all(isinstance(v, int) for v in counts)):
+        if not isinstance(counts, (str, list)) or (
+            isinstance(counts, list) and not all(isinstance(v, int) for v in counts)
+        ):
             return None, "malformed"
         return seg, None
     if seg is None:
@@ -148,7 +152,9 @@ def check_annotations(data: dict, ann_file: str | os.PathLike) -> AnnotationChec
 
     category_ids = set()
     for i, cat in enumerate(data["categories"]):
-        if not (isinstance(cat, dict) and isinstance(cat.get("id"), int) and isinstance(cat.get("name"), str)):
+        if not (
+            isinstance(cat, dict) and isinstance(cat.get("id"), int) and isinstance(cat.get("name"), str)
+        ):
             errors.add("categories without an integer 'id' and a 'name'", f"categories[{i}]")
             continue
         if cat["id"] in category_ids:

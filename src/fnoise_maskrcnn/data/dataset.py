@@ -142,7 +142,11 @@ class CocoInstances(torch.utils.data.Dataset):
         # The usable annotations carry the contiguous label in "category_id": CocoDetection's wrapper
         # turns category_id into target["labels"] as is.
         train_anns = {
-            image_id: [{**a, "category_id": label_of[a["category_id"]]} for a in anns if a["category_id"] in kept_cat_ids]
+            image_id: [
+                {**a, "category_id": label_of[a["category_id"]]}
+                for a in anns
+                if a["category_id"] in kept_cat_ids
+            ]
             for image_id, anns in check.usable.items()
         }
         train_anns = {k: v for k, v in train_anns.items() if v}
@@ -160,7 +164,9 @@ class CocoInstances(torch.utils.data.Dataset):
         kept_images = set(image_ids)
 
         self.skipped = Counter(
-            reason for reason, image_id, cat_id in check.skipped_anns if image_id in kept_images and cat_id in kept_cat_ids
+            reason
+            for reason, image_id, cat_id in check.skipped_anns
+            if image_id in kept_images and cat_id in kept_cat_ids
         )
         if self.skipped:
             summary = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
@@ -168,16 +174,20 @@ class CocoInstances(torch.utils.data.Dataset):
 
         images = [img for img in data["images"] if img["id"] in kept_images]
         self._check_image_files(images)
-        self.coco = make_coco({
-            **{k: v for k, v in data.items() if k not in ("images", "annotations", "categories")},
-            "images": images,
-            "annotations": [a for a in annotations if a["image_id"] in kept_images],
-            "categories": [c for c in data["categories"] if c["id"] in kept_cat_ids],
-        })
+        self.coco = make_coco(
+            {
+                **{k: v for k, v in data.items() if k not in ("images", "annotations", "categories")},
+                "images": images,
+                "annotations": [a for a in annotations if a["image_id"] in kept_images],
+                "categories": [c for c in data["categories"] if c["id"] in kept_cat_ids],
+            }
+        )
         self.image_ids = image_ids
         self._sizes = {img["id"]: (img["height"], img["width"]) for img in images}
         self._source = wrap_dataset_for_transforms_v2(
-            _CocoSource(self.image_dir, self.coco, {i: train_anns[i] for i in kept_images if i in train_anns}),
+            _CocoSource(
+                self.image_dir, self.coco, {i: train_anns[i] for i in kept_images if i in train_anns}
+            ),
             target_keys=_TARGET_KEYS,
         )
 
@@ -195,7 +205,9 @@ class CocoInstances(torch.utils.data.Dataset):
         missing = [img["file_name"] for img in images if not (self.image_dir / img["file_name"]).is_file()]
         if missing:
             more = f" and {len(missing) - 1} more of {len(images)} images" if len(missing) > 1 else ""
-            raise DatasetError(f"{self.image_dir / missing[0]}: image file not found{more} (listed in {self.ann_file})")
+            raise DatasetError(
+                f"{self.image_dir / missing[0]}: image file not found{more} (listed in {self.ann_file})"
+            )
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -214,7 +226,9 @@ class CocoInstances(torch.utils.data.Dataset):
         if self.transforms is not None:
             return self.transforms(image, target)
         image = F.to_dtype(F.to_image(image), torch.float32, scale=True).as_subclass(torch.Tensor)
-        plain = {k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
+        plain = {
+            k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v for k, v in target.items()
+        }
         return image, plain
 
     @staticmethod
@@ -227,7 +241,9 @@ class CocoInstances(torch.utils.data.Dataset):
         height, width = image.height, image.width
         if "boxes" not in target:  # image without training instances
             return {
-                "boxes": tv_tensors.BoundingBoxes(torch.zeros((0, 4)), format="XYXY", canvas_size=(height, width)),
+                "boxes": tv_tensors.BoundingBoxes(
+                    torch.zeros((0, 4)), format="XYXY", canvas_size=(height, width)
+                ),
                 "labels": torch.zeros((0,), dtype=torch.int64),
                 "masks": tv_tensors.Mask(torch.zeros((0, height, width), dtype=torch.uint8)),
                 "image_id": target["image_id"],

@@ -50,7 +50,7 @@ class _AnnotationIndex:
 
 
 def parse_split(text: str) -> dict[str, float]:
-    """``"train=0.8,val=0.1,test=0.1"`` -> ``{"train": 0.8, "val": 0.1, "test": 0.1}`` (fractions summing to 1)."""
+    """``"train=0.8,val=0.1,test=0.1"`` -> ``{"train": 0.8, "val": 0.1, "test": 0.1}``; fractions sum to 1."""
     splits: dict[str, float] = {}
     for part in text.split(","):
         name, sep, value = part.partition("=")
@@ -87,9 +87,14 @@ def _index_annotation_file(ann_file: Path) -> tuple[dict[str, Any], dict[str, li
         if key != "annotations":
             arrays.setdefault(key, []).append(element)
             return
-        if not (isinstance(element, dict) and isinstance(element.get("image_id"), int)
-                and isinstance(element.get("category_id"), int)):
-            raise DatasetError(f"{ann_file}: annotation at byte {start} has no integer 'image_id'/'category_id'")
+        if not (
+            isinstance(element, dict)
+            and isinstance(element.get("image_id"), int)
+            and isinstance(element.get("category_id"), int)
+        ):
+            raise DatasetError(
+                f"{ann_file}: annotation at byte {start} has no integer 'image_id'/'category_id'"
+            )
         index.image_ids.append(element["image_id"])
         index.category_ids.append(element["category_id"])
         index.crowd.append(1 if element.get("iscrowd", 0) else 0)
@@ -99,7 +104,9 @@ def _index_annotation_file(ann_file: Path) -> tuple[dict[str, Any], dict[str, li
     others = scan_top_level(ann_file, on_element)
     for key in ("images", "categories"):
         if key not in arrays and not isinstance(others.get(key), list):
-            raise DatasetError(f"{ann_file}: '{key}' must be a non-empty list (is this a COCO instances file?)")
+            raise DatasetError(
+                f"{ann_file}: '{key}' must be a non-empty list (is this a COCO instances file?)"
+            )
     return others, arrays, index
 
 
@@ -136,14 +143,18 @@ def make_subset(
     if categories:
         unknown = [n for n in categories if n not in by_name]
         if unknown:
-            raise DatasetError(f"{ann_file}: unknown categories {unknown}; valid names: {', '.join(sorted(by_name))}")
+            raise DatasetError(
+                f"{ann_file}: unknown categories {unknown}; valid names: {', '.join(sorted(by_name))}"
+            )
         kept_cats = sorted((by_name[n] for n in dict.fromkeys(categories)), key=lambda c: c["id"])
     else:
         kept_cats = sorted(all_categories, key=lambda c: c["id"])
     kept_cat_ids = {c["id"] for c in kept_cats}
 
     ann_rows = [i for i, c in enumerate(index.category_ids) if c in kept_cat_ids]
-    images_by_id = {img["id"]: img for img in arrays.get("images", []) if isinstance(img, dict) and "id" in img}
+    images_by_id = {
+        img["id"]: img for img in arrays.get("images", []) if isinstance(img, dict) and "id" in img
+    }
     if categories:
         candidate_ids = sorted({index.image_ids[i] for i in ann_rows})
     else:
@@ -151,7 +162,7 @@ def make_subset(
     unknown_images = [i for i in candidate_ids if i not in images_by_id]
     if unknown_images:
         raise DatasetError(
-            f"{ann_file}: {len(unknown_images)} image ids are referenced by annotations but not listed in 'images' "
+            f"{ann_file}: {len(unknown_images)} image ids referenced by annotations are not in 'images' "
             f"(first: {unknown_images[0]})"
         )
     if max_images is not None:
@@ -166,7 +177,9 @@ def make_subset(
     sizes = split_sizes(len(order), split)
     empty = [name for name, size in sizes.items() if size == 0]
     if empty:
-        raise DatasetError(f"{ann_file}: split {empty[0]!r} would get none of the {len(order)} selected images")
+        raise DatasetError(
+            f"{ann_file}: split {empty[0]!r} would get none of the {len(order)} selected images"
+        )
     for name, size in sizes.items():
         split_of.update((image_id, name) for image_id in order[offset : offset + size])
         offset += size
@@ -174,7 +187,9 @@ def make_subset(
     kept_rows = [i for i in ann_rows if index.image_ids[i] in split_of]
     annotations = list(read_spans(ann_file, ((index.starts[i], index.ends[i]) for i in kept_rows)))
     images = [images_by_id[i] for i in candidate_ids]
-    missing = [img["file_name"] for img in images if not (image_dir / str(img.get("file_name", ""))).is_file()]
+    missing = [
+        img["file_name"] for img in images if not (image_dir / str(img.get("file_name", ""))).is_file()
+    ]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise DatasetError(f"{image_dir / missing[0]}: image file not found{more} (listed in {ann_file})")
@@ -190,8 +205,11 @@ def make_subset(
     for name in split:
         split_images = [img for img in images if split_of[img["id"]] == name]
         split_anns = [a for a in annotations if split_of[a["image_id"]] == name]
-        dataset = {**others, **{k: v for k, v in arrays.items() if k not in full}, **{
-            "images": split_images, "annotations": split_anns, "categories": kept_cats}}
+        dataset = {
+            **others,
+            **{k: v for k, v in arrays.items() if k not in full},
+            **{"images": split_images, "annotations": split_anns, "categories": kept_cats},
+        }
         path = out_dir / f"{name}.json"
         _write_json_atomic(dataset, path)
         result.ann_files[name] = path
@@ -238,12 +256,15 @@ def format_table(result: SubsetResult) -> str:
         [c["name"], str(c["id"])] + [str(v) for s in splits for v in result.table[s][c["id"]]]
         for c in result.categories
     ]
-    rows.append(["total", ""] + [
-        str(v) for s in splits for v in (result.images[s], sum(n for _, n in result.table[s].values()))
-    ])
+    rows.append(
+        ["total", ""]
+        + [str(v) for s in splits for v in (result.images[s], sum(n for _, n in result.table[s].values()))]
+    )
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in [header] + rows]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+        for r in [header] + rows
+    ]
     crowd = ", ".join(f"{s} {result.crowd[s]}" for s in splits)
     return "\n".join(lines + [f"crowd annotations (kept for evaluation, not counted above): {crowd}"])
 
@@ -251,17 +272,29 @@ def format_table(result: SubsetResult) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fnoise_maskrcnn.data.subset",
-        description="Write a self-contained COCO-format subset (categories, first N images, train/val/test splits).",
+        description="Write a self-contained COCO-format subset (categories, first N images, splits).",
     )
-    parser.add_argument("--ann", required=True, type=Path, help="COCO instances JSON, e.g. instances_val2017.json")
+    parser.add_argument(
+        "--ann", required=True, type=Path, help="COCO instances JSON, e.g. instances_val2017.json"
+    )
     parser.add_argument("--images", required=True, type=Path, help="its image folder, e.g. val2017/")
-    parser.add_argument("--categories", nargs="+", metavar="NAME",
-                        help="category names to keep (comma- or space-separated); default: all")
+    parser.add_argument(
+        "--categories",
+        nargs="+",
+        metavar="NAME",
+        help="category names to keep (comma- or space-separated); default: all",
+    )
     parser.add_argument("--max-images", type=int, help="keep the first N selected images by image id")
-    parser.add_argument("--split", default="train=1", help="NAME=FRACTION,... summing to 1 (default: train=1)")
+    parser.add_argument(
+        "--split", default="train=1", help="NAME=FRACTION,... summing to 1 (default: train=1)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split shuffle")
-    parser.add_argument("--link", choices=("copy", "hardlink", "symlink"), default="copy",
-                        help="how images get into OUT_DIR/images (hardlink falls back to copy)")
+    parser.add_argument(
+        "--link",
+        choices=("copy", "hardlink", "symlink"),
+        default="copy",
+        help="how images get into OUT_DIR/images (hardlink falls back to copy)",
+    )
     parser.add_argument("--out-dir", required=True, type=Path)
     args = parser.parse_args(argv)
     try:
@@ -272,8 +305,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-images must be >= 1")
     categories = [n.strip() for item in args.categories or [] for n in item.split(",") if n.strip()] or None
     try:
-        result = make_subset(args.ann, args.images, args.out_dir, categories=categories, max_images=args.max_images,
-                             split=split, seed=args.seed, link=args.link)
+        result = make_subset(
+            args.ann,
+            args.images,
+            args.out_dir,
+            categories=categories,
+            max_images=args.max_images,
+            split=split,
+            seed=args.seed,
+            link=args.link,
+        )
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

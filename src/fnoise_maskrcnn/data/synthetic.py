@@ -133,14 +133,16 @@ def _render_image(rng: np.random.Generator, image_id: int, size_range: tuple[int
         else:
             segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
         x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
-        annotations.append({
-            "image_id": image_id,
-            "category_id": category["id"],
-            "segmentation": segmentation,
-            "area": float(mask_utils.area(rle)),
-            "bbox": [x, y, w, h],
-            "iscrowd": 0,
-        })
+        annotations.append(
+            {
+                "image_id": image_id,
+                "category_id": category["id"],
+                "segmentation": segmentation,
+                "area": float(mask_utils.area(rle)),
+                "bbox": [x, y, w, h],
+                "iscrowd": 0,
+            }
+        )
     annotations.reverse()  # back to painting order
     pixels = np.clip(canvas, 0, 255).astype(np.uint8)
     return pixels, annotations
@@ -162,13 +164,15 @@ def generate(
     size_range: tuple[int, int] = DEFAULT_SIZE_RANGE,
     max_instances: int = 6,
 ) -> SyntheticSplits:
-    """Write ``out_dir/images/*.jpg``, ``out_dir/train.json`` and (if ``num_val_images``) ``out_dir/val.json``.
+    """Write ``out_dir/images/*.jpg``, ``out_dir/train.json`` and, if ``num_val_images``, ``val.json``.
 
     Image ids run 1..num_images for train and on from there for val. Each image depends only on
     ``(seed, image_id)`` and the size/instance settings, so the output is deterministic.
     """
     if num_images < 1 or num_val_images < 0:
-        raise ValueError(f"num_images must be >= 1 and num_val_images >= 0, got {num_images}, {num_val_images}")
+        raise ValueError(
+            f"num_images must be >= 1 and num_val_images >= 0, got {num_images}, {num_val_images}"
+        )
     if not 16 <= size_range[0] <= size_range[1]:
         raise ValueError(f"size_range must be (min, max) with 16 <= min <= max, got {size_range}")
     out_dir = Path(out_dir)
@@ -188,7 +192,9 @@ def generate(
             buffer = io.BytesIO()
             Image.fromarray(pixels).save(buffer, format="JPEG", quality=92)
             (image_dir / file_name).write_bytes(buffer.getvalue())
-            images.append({"id": image_id, "file_name": file_name, "height": pixels.shape[0], "width": pixels.shape[1]})
+            images.append(
+                {"id": image_id, "file_name": file_name, "height": pixels.shape[0], "width": pixels.shape[1]}
+            )
             for ann in anns:
                 annotations.append({"id": next_ann_id, **ann})
                 next_ann_id += 1
@@ -248,13 +254,17 @@ def default_dataset(root: str | os.PathLike | None = None) -> SyntheticSplits:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fnoise_maskrcnn.data.synthetic",
-        description="Write a synthetic COCO-format instance segmentation dataset (shapes on textured backgrounds).",
+        description="Write a synthetic COCO-format instance segmentation dataset (shapes on textures).",
     )
-    parser.add_argument("--out-dir", required=True, type=Path, help="output directory (images/, train.json, val.json)")
+    parser.add_argument(
+        "--out-dir", required=True, type=Path, help="output directory (images/, train.json, val.json)"
+    )
     parser.add_argument("--num-images", type=int, default=DEFAULT_NUM_TRAIN, help="number of train images")
     parser.add_argument("--num-val-images", type=int, default=0, help="number of val images (0: no val.json)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-size", type=int, default=DEFAULT_SIZE_RANGE[0], help="smallest image side (px)")
+    parser.add_argument(
+        "--min-size", type=int, default=DEFAULT_SIZE_RANGE[0], help="smallest image side (px)"
+    )
     parser.add_argument("--max-size", type=int, default=DEFAULT_SIZE_RANGE[1], help="largest image side (px)")
     parser.add_argument("--max-instances", type=int, default=6, help="most shapes per image")
     args = parser.parse_args(argv)
@@ -278,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: {args.out_dir}: {e.strerror or e}", file=sys.stderr)
         return 2
-    print(f"wrote {splits.train_ann}" + (f" and {splits.val_ann}" if splits.val_ann else "") + f" (images in {splits.train_images})")
+    print(
+        f"wrote {splits.train_ann}"
+        + (f" and {splits.val_ann}" if splits.val_ann else "")
+        + f" (images in {splits.train_images})"
+    )
     return 0
 
 

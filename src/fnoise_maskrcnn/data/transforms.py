@@ -29,7 +29,11 @@ def build_transforms(train: bool, *, scale_jitter: bool = False, photometric: bo
     if train:
         ops.append(v2.RandomHorizontalFlip(p=0.5))
         if scale_jitter:
-            ops.append(v2.RandomZoomOut(fill={tv_tensors.Image: _MEAN_FILL, "others": 0}, side_range=(1.0, 2.0), p=0.5))
+            ops.append(
+                v2.RandomZoomOut(
+                    fill={tv_tensors.Image: _MEAN_FILL, "others": 0}, side_range=(1.0, 2.0), p=0.5
+                )
+            )
         if photometric:
             ops.append(v2.RandomPhotometricDistort(p=0.5))
     ops.append(v2.ToDtype(torch.float32, scale=True))  # images only; masks stay uint8, boxes float32

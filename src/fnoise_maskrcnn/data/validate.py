@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("ann_file", type=Path, help="COCO instances JSON")
     parser.add_argument("image_dir", type=Path, help="folder the images' file_name are relative to")
-    parser.add_argument("--no-decode", action="store_true", help="read image headers only (faster; misses truncated files)")
+    parser.add_argument(
+        "--no-decode", action="store_true", help="read image headers only (faster; misses truncated files)"
+    )
     args = parser.parse_args(argv)
     report = validate_coco(args.ann_file, args.image_dir, decode=not args.no_decode)
     for line in report.lines():

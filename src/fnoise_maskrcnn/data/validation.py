@@ -70,7 +70,10 @@ def _check_image(path: Path, width: int, height: int, decode: bool) -> tuple[str
         return "unreadable image files", f"{path} ({e})"
     if size != (width, height):
         if raw_size == (width, height):
-            return "images whose size matches the file only without their EXIF rotation", f"{path} is {size[0]}x{size[1]}"
+            return (
+                "images whose size matches the file only without their EXIF rotation",
+                f"{path} is {size[0]}x{size[1]}",
+            )
         return "images whose size differs from the annotation file's width x height", (
             f"{path} is {size[0]}x{size[1]}, the file says {width}x{height}"
         )
@@ -83,7 +86,9 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
     return image.size[::-1] if orientation in (5, 6, 7, 8) else image.size
 
 
-def validate_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, decode: bool = True) -> ValidationReport:
+def validate_coco(
+    ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, decode: bool = True
+) -> ValidationReport:
     """Check an annotation file and its images; never raises for problems in the data, only reports them.
 
     Args:
@@ -101,7 +106,9 @@ def validate_coco(ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, 
     report.skipped, report.skip_examples = check.skipped, check.skip_examples
     report.num_images, report.num_annotations = len(data["images"]), len(data["annotations"])
     report.num_categories, report.num_crowd = len(data["categories"]), check.num_crowd
-    report.num_empty_images = sum(1 for img in data["images"] if isinstance(img, dict) and img.get("id") not in check.usable)
+    report.num_empty_images = sum(
+        1 for img in data["images"] if isinstance(img, dict) and img.get("id") not in check.usable
+    )
 
     if not report.image_dir.is_dir():
         report.errors.append(f"{report.image_dir}: image folder not found")
