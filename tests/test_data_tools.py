@@ -334,3 +334,14 @@ def test_synthetic_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         synthetic.main(["--out-dir", str(tmp_path), "--num-images", "0"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_subset_links_images_instead_of_copying(tmp_path, capsys, synthetic_coco, link):
+    args = ["--ann", synthetic_coco.val_ann, "--images", synthetic_coco.val_images, "--link", link]
+    code, _, err = run_subset(capsys, *args, "--out-dir", tmp_path)
+    assert code == 0, err
+    for img in json.loads((tmp_path / "train.json").read_text())["images"]:
+        placed, source = tmp_path / "images" / img["file_name"], synthetic_coco.val_images / img["file_name"]
+        assert placed.is_symlink() == (link == "symlink")
+        assert placed.samefile(source)
