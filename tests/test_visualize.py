@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -141,6 +142,11 @@ def test_cli_draws_picture_from_checkpoint(synthetic_coco, tmp_path, capsys):
     assert eval_ratios == [0.0, 0.0]
     with Image.open(out) as png:
         assert png.format == "PNG" and png.width >= 600
+
+    # --min-size resizes for the picture: shorter side 256 -> stride-32 maps with a shorter side of 8
+    assert main([*argv, "--min-size", "256", "--max-size", "512"]) == 0
+    shapes = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if ": train" in line]
+    assert shapes and all(min(json.loads(shape.split(" ", 2)[2])[2:]) == 8 for shape in shapes)
 
 
 def test_cli_errors_are_one_line(synthetic_coco, tmp_path, capsys):

@@ -222,13 +222,14 @@ def plot_fnoise(picture: FNoisePicture) -> Figure:
     """Draws the picture: one row per level and mode (training rows first), five columns.
 
     Columns: input image; clean ``mean_c |x|``; perturbation ``mean_c |noise|``; perturbed
-    ``mean_c |x + noise|``; relative noise. Clean and perturbed share a colour scale per level; the
-    eval rows use the training rows' scales, so a zero perturbation is visibly zero.
+    ``mean_c |x + noise|``; relative noise. Clean and perturbed share a colour scale per level (their
+    joint range); perturbation and relative noise scales start at 0. The eval rows use the training
+    rows' scales, so a zero perturbation is visibly zero.
     """
     rows = [("train", level) for level in picture.train] + [("eval", level) for level in picture.eval]
     columns = ("input image", "clean  mean_c|x|", "perturbation  mean_c|noise|", "perturbed  mean_c|x+noise|",
                "relative  noise / clean")
-    figure = Figure(figsize=(2.9 * len(columns), 2.5 * max(len(rows), 1) + 0.9), dpi=72, layout="constrained")
+    figure = Figure(figsize=(2.9 * len(columns), 2.5 * max(len(rows), 1) + 0.9), dpi=64, layout="constrained")
     header = f"F-Noise σ={picture.std:g}, mode={picture.mode}, noise seed {picture.seed}"
     if picture.note:
         header += f"\n{picture.note}"
@@ -241,13 +242,15 @@ def plot_fnoise(picture: FNoisePicture) -> Figure:
     image = picture.image.permute(1, 2, 0).numpy()
     for row, (phase, level) in enumerate(rows):
         reference = train_by_name.get(level.name, level)
-        magnitude_max = max(reference.clean.max().item(), reference.perturbed.max().item(), 1e-12)
+        magnitude_min = min(reference.clean.min().item(), reference.perturbed.min().item())
+        magnitude_max = max(reference.clean.max().item(), reference.perturbed.max().item())
+        magnitude_max = max(magnitude_max, magnitude_min + 1e-12)
         noise_max = max(reference.noise.max().item(), 1e-12)
         relative_max = max(reference.relative.max().item(), 1e-12)
         maps = (
-            (level.clean, 0.0, magnitude_max, "viridis"),
+            (level.clean, magnitude_min, magnitude_max, "viridis"),
             (level.noise, 0.0, noise_max, "magma"),
-            (level.perturbed, 0.0, magnitude_max, "viridis"),
+            (level.perturbed, magnitude_min, magnitude_max, "viridis"),
             (level.relative, 0.0, relative_max, "magma"),
         )
         ax = axes[row, 0]
@@ -353,6 +356,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--f-noise-levels", nargs="+", metavar="LEVEL", help="body levels to perturb (default: the model's)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    parser.add_argument(
+        "--min-size", type=int, help="resize the image's shorter side to this (default: the model's min_size)"
+    )
+    parser.add_argument(
+        "--max-size", type=int, help="cap the longer side at this (default: the model's max_size)"
+    )
     parser.add_argument("--device", default="cpu", help="device, e.g. cpu or cuda (default cpu)")
     return parser
 
@@ -364,6 +373,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.f_noise_std is not None and not (math.isfinite(args.f_noise_std) and args.f_noise_std >= 0):
         parser.error(f"--f-noise-std must be a finite number >= 0, got {args.f_noise_std}")
+    for flag, value in (("--min-size", args.min_size), ("--max-size", args.max_size)):
+        if value is not None and value < 32:
+            parser.error(f"{flag} must be >= 32, got {value}")
     if not args.image.is_file():
         parser.error(f"--image {args.image}: no such file")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -381,6 +393,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: --checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
         return 2
 
+    if args.min_size is not None:
+        model.transform.min_size = (args.min_size,)
+        model.transform.max_size = max(model.transform.max_size, args.min_size)
+    if args.max_size is not None:
+        model.transform.max_size = args.max_size
     std, note = args.f_noise_std, ""
     if std is None and f_noise.std == 0.0:
         configured = float(((checkpoint.get("model_config") or {}).get("f_noise") or {}).get("std") or 0.0)
