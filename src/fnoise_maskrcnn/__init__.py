@@ -1,17 +1,29 @@
-"""fnoise-maskrcnn: torchvision's Mask R-CNN with F-Noise in the backbone."""
+"""fnoise-maskrcnn: torchvision's Mask R-CNN with F-Noise in the backbone.
 
-from .backbone import FNoiseBackboneWithFPN
-from .fnoise import F_NOISE_MODES, FNoise
-from .models import build_model, maskrcnn_mobilenet_v3_large_fpn, maskrcnn_resnet50_fpn
+The public names are imported on first use, so that ``python -m fnoise_maskrcnn.data.subset`` and
+other jobs that need no model do not pay for importing torchvision's models.
+"""
+
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FNoise",
-    "F_NOISE_MODES",
-    "FNoiseBackboneWithFPN",
-    "maskrcnn_resnet50_fpn",
-    "maskrcnn_mobilenet_v3_large_fpn",
-    "build_model",
-    "__version__",
-]
+_PUBLIC = {
+    "FNoise": ".fnoise",
+    "F_NOISE_MODES": ".fnoise",
+    "FNoiseBackboneWithFPN": ".backbone",
+    "maskrcnn_resnet50_fpn": ".models",
+    "maskrcnn_mobilenet_v3_large_fpn": ".models",
+    "build_model": ".models",
+}
+
+__all__ = [*_PUBLIC, "__version__"]
+
+if TYPE_CHECKING:
+    from .backbone import FNoiseBackboneWithFPN
+    from .fnoise import F_NOISE_MODES, FNoise
+    from .models import build_model, maskrcnn_mobilenet_v3_large_fpn, maskrcnn_resnet50_fpn
+
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

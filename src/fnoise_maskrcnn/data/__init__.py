@@ -1,22 +1,33 @@
 """COCO-format instance segmentation data: dataset, transforms, loaders, checks, synthetic data.
 
 Command-line tools: ``python -m fnoise_maskrcnn.data.validate``, ``.subset`` and ``.synthetic``.
+The public names are imported on first use, so the annotation-only tools (subset, validate) do
+not import torch.
 """
 
-from .annotations import DatasetError
-from .dataset import CocoInstances
-from .loader import GroupedBatchSampler, build_dataloader, collate_fn, set_epoch
-from .transforms import build_transforms
-from .validation import ValidationReport, validate_coco
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "CocoInstances",
-    "DatasetError",
-    "GroupedBatchSampler",
-    "build_dataloader",
-    "build_transforms",
-    "collate_fn",
-    "set_epoch",
-    "ValidationReport",
-    "validate_coco",
-]
+from .._lazy import lazy_exports
+
+_PUBLIC = {
+    "CocoInstances": ".dataset",
+    "DatasetError": ".annotations",
+    "GroupedBatchSampler": ".loader",
+    "build_dataloader": ".loader",
+    "collate_fn": ".loader",
+    "set_epoch": ".loader",
+    "build_transforms": ".transforms",
+    "ValidationReport": ".validation",
+    "validate_coco": ".validation",
+}
+
+__all__ = list(_PUBLIC)
+
+if TYPE_CHECKING:
+    from .annotations import DatasetError
+    from .dataset import CocoInstances
+    from .loader import GroupedBatchSampler, build_dataloader, collate_fn, set_epoch
+    from .transforms import build_transforms
+    from .validation import ValidationReport, validate_coco
+
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
