@@ -193,7 +193,7 @@ def summary_markdown(summary: Dict[str, Any]) -> str:
     titles = {name: title for name, _, title in SUMMARY_METRICS}
     lines = ["# F-Noise comparison", ""]
     if summary["epoch"] is None:
-        lines += ["No run has finished an epoch yet: no final values.", ""]
+        lines += ["Not every run has finished an epoch yet: no final values.", ""]
         return "\n".join(lines)
     lines += [
         f"Values after epoch {summary['epoch']} (the last epoch every run finished), as mean ± sample std "
@@ -333,12 +333,10 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: Optional[int] = None, tit
             if r == len(rows) - 1 or rows[r + 1][0] != kind:
                 ax.set_xlabel("iteration" if kind == "iter" else "epoch", fontsize=9)
         axes[r, 0].set_ylabel(row_title, fontsize=9)
-        for c, arm in enumerate(arms):
-            if r == 0:
-                axes[r, c].set_title(f"{arm.label}\nseeds {', '.join(map(str, arm.seeds))}", fontsize=10)
-        if r == 0:
-            axes[r, -1].set_title("all arms, mean ± std", fontsize=10)
-            axes[r, -1].legend(fontsize=7, loc="upper right")
+    for c, arm in enumerate(arms):
+        axes[0, c].set_title(f"{arm.label}\nseeds {', '.join(map(str, arm.seeds))}", fontsize=10)
+    axes[0, -1].set_title("all arms, mean ± std", fontsize=10)
+    axes[0, -1].legend(fontsize=7, loc="upper right")
     return figure
 
 
