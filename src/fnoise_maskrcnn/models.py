@@ -33,6 +33,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.ops import misc as misc_nn_ops
 
 from .backbone import FNoiseBackboneWithFPN
+from .fnoise import FNoise
 from .checkpoint import load_state_dict_file
 
 __all__ = ["ARCHITECTURES", "maskrcnn_resnet50_fpn", "maskrcnn_mobilenet_v3_large_fpn", "build_model"]
@@ -43,7 +44,7 @@ WeightsArg = Optional[Union[WeightsEnum, str, os.PathLike]]
 
 
 class _LocalPath(str):
-    """A weights path given as a path object, made a ``str`` so that torchvision's legacy handling passes it on."""
+    """A weights path given as a path object, made a ``str`` so torchvision's legacy handling passes it on."""
 
 
 def _accept_path_objects(builder: Callable[..., MaskRCNN]) -> Callable[..., MaskRCNN]:
@@ -148,6 +149,8 @@ def _build(
     else:
         raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {arch!r}")
     model_kwargs = dict(kwargs)
+    # Bad F-Noise arguments fail before any weights are read or built (levels are checked again by the backbone).
+    FNoise(f_noise_std if use_f_noise else 0.0, f_noise_mode, f_noise_levels)
 
     state_dict, source_config, weights_enum = _load_weights(weights, detector_enum, "weights", progress)
     target_num_classes = num_classes
