@@ -82,6 +82,9 @@ def main() -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
+        # ORT's threads spin-wait after each run by default, taking the CPU from the PyTorch variant
+        # that runs next in this process; without spinning every variant gets the same machine.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
     paths = benchmark_images(args.images)
