@@ -214,8 +214,8 @@ def fnoise_perturbation(
         return FNoisePicture(shown, pictures[True], pictures[False], f_noise.std, f_noise.mode, seed, note)
 
 
-def _level_title(level: LevelPicture) -> str:
-    return f"level {level.name} (body.{level.source})\n[C, H, W] = {list(level.shape[1:])}"
+def _row_label(phase: str, level: LevelPicture) -> str:
+    return f"{phase} mode\nlevel {level.name} (body.{level.source})\n[C, H, W] = {list(level.shape[1:])}"
 
 
 def plot_fnoise(picture: FNoisePicture) -> Figure:
@@ -229,7 +229,7 @@ def plot_fnoise(picture: FNoisePicture) -> Figure:
     rows = [("train", level) for level in picture.train] + [("eval", level) for level in picture.eval]
     columns = ("input image", "clean  mean_c|x|", "perturbation  mean_c|noise|", "perturbed  mean_c|x+noise|",
                "relative  noise / clean")
-    figure = Figure(figsize=(2.9 * len(columns), 2.5 * max(len(rows), 1) + 0.9), dpi=64, layout="constrained")
+    figure = Figure(figsize=(2.9 * len(columns), 2.5 * max(len(rows), 1) + 0.9), dpi=60, layout="constrained")
     header = f"F-Noise σ={picture.std:g}, mode={picture.mode}, noise seed {picture.seed}"
     if picture.note:
         header += f"\n{picture.note}"
@@ -255,7 +255,9 @@ def plot_fnoise(picture: FNoisePicture) -> Figure:
         )
         ax = axes[row, 0]
         ax.imshow(image)
-        ax.set_title(f"{phase} mode: {_level_title(level)}", fontsize=10)
+        ax.set_ylabel(_row_label(phase, level), fontsize=10)
+        if row in (0, len(picture.train)):
+            ax.set_title(columns[0], fontsize=10)
         for column, (values, vmin, vmax, cmap) in enumerate(maps, start=1):
             ax = axes[row, column]
             shown = ax.imshow(values.numpy(), vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest")
@@ -286,7 +288,7 @@ def save_figure(figure: Figure, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            FigureCanvasAgg(figure).print_png(f)
+            FigureCanvasAgg(figure).print_png(f, pil_kwargs={"optimize": True})
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
