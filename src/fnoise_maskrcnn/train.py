@@ -343,7 +343,10 @@ class Run:
 
     logger: RunLogger
 
-    def __init__(self, args: argparse.Namespace, ctx: dist_utils.DistributedContext) -> None:
+    def __init__(
+        self, args: argparse.Namespace, ctx: dist_utils.DistributedContext, resumed: Optional[Dict[str, Any]] = None
+    ) -> None:
+        """``resumed``: the checkpoint being resumed; the model is then rebuilt from its ``model_config``."""
         self.args = args
         self.ctx = ctx
         self.device = ctx.device
@@ -400,7 +403,10 @@ class Run:
             "model_kwargs": {**dict(args.model_kwarg), "min_size": args.min_size, "max_size": args.max_size},
         }  # fmt: skip
         try:
-            model = build_model(config, weights=args.weights, weights_backbone=args.weights_backbone)
+            if resumed is not None:  # no weights to load (or download): the checkpoint's replace them
+                model = build_model(resumed["model_config"])
+            else:
+                model = build_model(config, weights=args.weights, weights_backbone=args.weights_backbone)
         except CheckpointError:
             raise
         except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
@@ -441,12 +447,10 @@ class Run:
     def _data_seed(self, epoch: int) -> int:
         return derive_seed(self.args.seed, _STREAM_DATA, self.ctx.rank, epoch)
 
-    def resume(self) -> None:
-        """Loads the state of ``output_dir/last.pth``: weights, optimizer, schedule, scaler, RNGs, position."""
-        path = self.output_dir / "last.pth"
-        checkpoint = load_checkpoint(path)
-        if checkpoint["model_config"] != self.model_config:
-            raise UserError(f"{path}: its model_config differs from the one these flags build")
+    def resume(self, checkpoint: Dict[str, Any]) -> None:
+        """Loads a training checkpoint's state: weights, optimizer, schedule, scaler, RNGs, position."""
+        if checkpoint["categories"] != self.categories:
+            raise UserError(f"{self.output_dir / 'last.pth'}: its categories differ from those of the data")
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         # The position comes from the checkpoint, the schedule from these flags (e.g. a longer --epochs).
@@ -670,9 +674,10 @@ def _run(args: argparse.Namespace) -> int:
         if not args.resume and not args.test_only and (output_dir / "last.pth").exists():
             raise UserError(f"--output-dir {output_dir} already holds a run (last.pth); "
                             "pass --resume to continue it or choose another directory")  # fmt: skip
-        run = Run(args, ctx)
-        if args.resume:
-            run.resume()
+        resumed = load_checkpoint(output_dir / "last.pth") if args.resume else None
+        run = Run(args, ctx, resumed)
+        if resumed is not None:
+            run.resume(resumed)
         if args.test_only:
             return _test_only(run)
         config = _resolved_config(run)
