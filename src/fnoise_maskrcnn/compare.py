@@ -279,7 +279,7 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: Optional[int] = None, tit
             rows.append((kind, row_title, per_arm))
 
     columns = len(arms) + 1
-    figure = Figure(figsize=(3.6 * columns, 2.3 * max(len(rows), 1) + 0.8), dpi=72, layout="constrained")
+    figure = Figure(figsize=(3.6 * columns, 2.3 * max(len(rows), 1) + 0.8), dpi=60, layout="constrained")
     seeds = sorted({len(arm.runs) for arm in arms})
     figure.suptitle(
         (title + "\n" if title else "")
