@@ -80,8 +80,10 @@ PANELS = (
     ("epoch", "segm.AP", "segm AP (val)"),
 )
 
-#: Training flags of ``--train`` before the user's own (which override them). Chosen so that 3 seeds
-#: x 2 arms on the synthetic default finish in about 10 minutes on a 2-core CPU; see README.
+#: Training flags of ``--train`` before the user's own (which override them): the smallest study that
+#: still shows learning curves (24 iterations per run). Aimed at about 10 minutes for 3 seeds x 2 arms on
+#: a 2-core CPU; measured 63 minutes on a shared one, 3.6 minutes for one run when it was quieter
+#: (references/fnoise/README.md).
 STUDY_TRAIN_FLAGS = (
     "--model", "mobilenet_v3",
     "--min-size", "128", "--max-size", "128",
