@@ -355,7 +355,8 @@ def train_arms(
 
     Run ``(arm, seed)`` goes to ``output_dir/<baseline|fnoise>/seed<S>`` with its console output in
     ``output_dir/logs/<arm>-seed<S>.log``. Both arms get the same flags (``defaults`` then
-    ``train_flags``, so the latter win) and ``--seed S``, so a seed means the same initial weights and data order in both;
+    ``train_flags``, so the latter win) and ``--seed S``, so a seed means the same initial weights
+    and data order in both;
     the F-Noise arm adds ``--f-noise``. Seeds are interleaved (baseline 0, F-Noise 0, baseline 1 ...)
     so that an interrupted study still holds complete pairs.
 
@@ -443,7 +444,9 @@ def _write_text_atomic(text: str, path: Path) -> None:
         raise
 
 
-def _check_train_flags(parser: argparse.ArgumentParser, defaults: Sequence[str], flags: Sequence[str]) -> None:
+def _check_train_flags(
+    parser: argparse.ArgumentParser, defaults: Sequence[str], flags: Sequence[str]
+) -> None:
     """Rejects flags compare sets itself, and lets train's parser check the rest before anything runs."""
     from .train import build_parser as build_train_parser
 
