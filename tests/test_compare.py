@@ -334,4 +334,5 @@ def test_compare_train_end_to_end(tmp_path):
 def test_train_arms_without_study_defaults_passes_only_the_users_flags(fake_python, tmp_path):
     (run_dir, _) = train_arms([0], tmp_path / "study", ["--epochs", "1"], defaults=(), python=fake_python)
     argv = json.loads((run_dir / "argv.json").read_text())
-    assert argv == ["-m", "fnoise_maskrcnn.train", "--epochs", "1", "--seed", "0", "--output-dir", str(run_dir)]
+    expected = ["-m", "fnoise_maskrcnn.train", "--epochs", "1", "--seed", "0", "--output-dir", str(run_dir)]
+    assert argv == expected

@@ -356,9 +356,8 @@ def train_arms(
     Run ``(arm, seed)`` goes to ``output_dir/<baseline|fnoise>/seed<S>`` with its console output in
     ``output_dir/logs/<arm>-seed<S>.log``. Both arms get the same flags (``defaults`` then
     ``train_flags``, so the latter win) and ``--seed S``, so a seed means the same initial weights
-    and data order in both;
-    the F-Noise arm adds ``--f-noise``. Seeds are interleaved (baseline 0, F-Noise 0, baseline 1 ...)
-    so that an interrupted study still holds complete pairs.
+    and data order in both; the F-Noise arm adds ``--f-noise``. Seeds are interleaved (baseline 0,
+    F-Noise 0, baseline 1 ...) so that an interrupted study still holds complete pairs.
 
     Raises:
         RuntimeError: a training run failed (the message names its log file).
