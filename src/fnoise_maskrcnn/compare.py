@@ -81,8 +81,9 @@ PANELS = (
 )
 
 #: Training flags of ``--train`` before the user's own (which override them): the smallest study that
-#: still shows learning curves (24 iterations per run). Aimed at about 10 minutes for 3 seeds x 2 arms on
-#: a 2-core CPU; measured 63 minutes on a shared one, 3.6 minutes for one run when it was quieter
+#: still shows learning curves (24 iterations per run). At 128 px the RoI heads dominate a CPU step, so
+#: the heads sample fewer RoIs and proposals than torchvision's defaults (512 RoIs per image, 2000/1000
+#: proposals). One run takes about 67 s on an idle 2-core CPU, the 3 seeds x 2 arms about 7 minutes
 #: (references/fnoise/README.md).
 STUDY_TRAIN_FLAGS = (
     "--model", "mobilenet_v3",
@@ -92,7 +93,11 @@ STUDY_TRAIN_FLAGS = (
     "--warmup-iters", "8",
     "--print-freq", "1",
     "--workers", "0",
-)
+    "--model-kwarg", "box_batch_size_per_image=128",
+    "--model-kwarg", "rpn_post_nms_top_n_train=500",
+    "--model-kwarg", "rpn_post_nms_top_n_test=300",
+    "--model-kwarg", "box_detections_per_img=50",
+)  # fmt: skip
 
 ARM_DIRS = (("baseline", False), ("fnoise", True))
 
