@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fnoise_maskrcnn.data.loader import GroupedBatchSampler, SeededRandomSampler
-from fnoise_maskrcnn.engine import DataRng, LrSchedule, StopSignal, skip_batches
+from fnoise_maskrcnn.engine import DataRng, LrSchedule, StopSignal, autocast, skip_batches
 from fnoise_maskrcnn.metrics_log import truncate_metrics
 
 
@@ -105,3 +105,12 @@ def test_truncate_metrics_drops_records_after_the_checkpoint(tmp_path):
     truncate_metrics(path, iteration=4, epoch=1)
     kept = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["type"], r["iteration"]) for r in kept] == [("iter", 0), ("iter", 1), ("iter", 2), ("epoch", 3), ("iter", 3)]
+
+
+def test_amp_autocast_is_bfloat16_on_the_cpu_and_off_without_amp():
+    conv = torch.nn.Conv2d(3, 4, 3)
+    x = torch.rand(1, 3, 8, 8)
+    with autocast(torch.device("cpu"), True):
+        assert conv(x).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), False):
+        assert conv(x).dtype == torch.float32

@@ -128,7 +128,6 @@ def test_non_finite_loss_stops_with_last_good_state(synthetic_coco, tmp_path, mo
         (["--model-kwarg", "no-equals"], "expected KEY=VALUE"),
         (["--lr-steps", "5", "2"], "must be increasing"),
         (["--device", "tpu"], "--device"),
-        (["--amp", "--device", "cpu"], "--amp is for CUDA"),
     ],
 )
 def test_bad_flags_are_argparse_errors(argv, message, capsys):

@@ -247,10 +247,7 @@ def skip_batches(loader: DataLoader, skip: int) -> DataLoader:
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``--amp``: float16 on CUDA (with a ``GradScaler``), bfloat16 elsewhere.
-
-    The command line offers ``--amp`` on CUDA only; bfloat16 on the CPU measured slower (README).
-    """
+    """``torch.autocast`` for ``--amp``: float16 on CUDA (with a ``GradScaler``), bfloat16 elsewhere."""
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     return torch.autocast(device.type, dtype=dtype, enabled=enabled)
 

@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="linear warmup iterations (at most the first epoch's)")
     opt.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradient norm at this value (0: off)")
     opt.add_argument("--amp", action="store_true",
-                     help="mixed precision on CUDA: float16 autocast + GradScaler (not offered on the CPU, where "
-                     "bfloat16 autocast measured slower)")
+                     help="mixed precision: float16 autocast + GradScaler on CUDA, bfloat16 autocast on the CPU "
+                     "(1.33x faster per ResNet-50 step at 512 px on an AVX-512/AMX-BF16 CPU, README)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -222,11 +222,6 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
             parser.error(f"--device {args.device}: CUDA is not available on this machine")
-    if args.amp and torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).type == "cpu":
-        parser.error(
-            "--amp is for CUDA (float16 + GradScaler); on the CPU, bfloat16 autocast measured slower than "
-            "float32 for Mask R-CNN training (README, Benchmarks), so it is not offered"
-        )
 
 
 def _explicit_flags(argv: Optional[Sequence[str]]) -> Dict[str, Any]:
