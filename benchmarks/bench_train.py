@@ -52,7 +52,7 @@ runpy.run_path(references + "/train.py", run_name="__main__")
 """
 
 
-def build_coco_layout(source: Path, root: Path, num_train: int, num_val: int) -> None:
+def build_coco_layout(source: Path, root: Path, num_train: int, num_val: int, one_image: bool = False) -> None:
     """``root/annotations/instances_{train,val}2017.json`` and ``root/{train,val}2017`` from a COCO-format set.
 
     Only images with a usable (non-crowd, positive-area) annotation are taken, so that both trainers,
@@ -62,6 +62,15 @@ def build_coco_layout(source: Path, root: Path, num_train: int, num_val: int) ->
     data = json.loads(ann_file.read_text())
     usable = {a["image_id"] for a in data["annotations"] if not a.get("iscrowd") and a.get("area", 1) > 1}
     images = [img for img in sorted(data["images"], key=lambda i: i["id"]) if img["id"] in usable]
+    if one_image:
+        # Copies of one image under new ids: both trainers then see identical batches whatever their
+        # shuffling, so per-iteration times compare the engines, not the images drawn.
+        first = images[0]
+        anns = [a for a in data["annotations"] if a["image_id"] == first["id"]]
+        images = [{**first, "id": k + 1} for k in range(num_train + num_val)]
+        data = {**data, "annotations": [
+            {**a, "id": k * len(anns) + j + 1, "image_id": k + 1} for k in range(len(images)) for j, a in enumerate(anns)
+        ]}  # fmt: skip
     if len(images) < num_train + num_val:
         raise SystemExit(f"error: {ann_file}: {len(images)} usable images, need {num_train + num_val}")
     (root / "annotations").mkdir(parents=True)
@@ -102,7 +111,7 @@ def engine_vs_references(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         root = tmp_path / "coco"
-        build_coco_layout(args.data, root, 2 * args.iters, 2)
+        build_coco_layout(args.data, root, 2 * args.iters, 2, one_image=args.one_image)
         launcher = tmp_path / "launch_references.py"
         launcher.write_text(LAUNCHER)
         for repeat in range(args.repeats):
@@ -110,7 +119,8 @@ def engine_vs_references(args: argparse.Namespace) -> dict:
             theirs += run_references(args.references, root, tmp_path / f"refs{repeat}", args.size, launcher, env)[1:]
     ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
     return {
-        "setting": f"maskrcnn_resnet50_fpn from scratch, {args.size}x{args.size}, batch 2, SGD, workers 0, CPU",
+        "setting": f"maskrcnn_resnet50_fpn from scratch, {args.size}x{args.size}, batch 2, SGD, workers 0, CPU"
+        + (", copies of one image" if args.one_image else ""),
         "ours_s_per_iter": [round(t, 3) for t in ours],
         "references_s_per_iter": [round(t, 3) for t in theirs],
         "ours_images_per_s": round(2 / ours_median, 4),
@@ -179,6 +189,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=4, help="iterations per training run")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each trainer, alternating")
     parser.add_argument("--variant-steps", type=int, default=2, help="timed steps per CPU setting (0: skip)")
+    parser.add_argument("--one-image", action="store_true",
+                        help="train both on copies of one image, so that their batches are identical")
     args = parser.parse_args()
     if not (args.data / "train.json").is_file():
         parser.error(f"--data {args.data}: no train.json (generate one with python -m fnoise_maskrcnn.data.synthetic)")
