@@ -13,12 +13,13 @@ A checkpoint is a plain dict that loads with ``torch.load(path, weights_only=Tru
 """
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple, Union
 
 import torch
 from torchvision.models.detection import MaskRCNN
+
+from .atomic import atomic_path
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -44,16 +45,10 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: PathLike) -> None:
     """Writes ``checkpoint`` to ``path`` atomically: a crash leaves the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(checkpoint), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(dict(checkpoint), f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _torch_load(path: PathLike) -> Any:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -50,6 +49,7 @@ from .study import (
     load_run,
     smooth,
 )
+from .atomic import write_text_atomic
 from .visualize import save_figure
 
 __all__ = [
@@ -437,17 +437,6 @@ def _build_parser(train_mode: bool) -> argparse.ArgumentParser:
     return parser
 
 
-def _write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _check_train_flags(
     parser: argparse.ArgumentParser, defaults: Sequence[str], flags: Sequence[str]
 ) -> None:
@@ -508,8 +497,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = summarize(arms)
     markdown = summary_markdown(summary)
     save_figure(plot_comparison(arms, smoothing=args.smooth, title=args.title), out)
-    _write_text_atomic(markdown, out.with_suffix(".md"))
-    _write_text_atomic(json.dumps(summary, indent=2) + "\n", out.with_suffix(".json"))
+    write_text_atomic(markdown, out.with_suffix(".md"))
+    write_text_atomic(json.dumps(summary, indent=2) + "\n", out.with_suffix(".json"))
     print(markdown)
     print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.json')}")
     return 0

@@ -32,7 +32,8 @@ import torch
 from .checkpoint import CheckpointError, model_from_checkpoint
 from .coco_eval import STAT_NAMES, evaluate_coco, format_metrics_table, predictions_to_coco_results
 from .data import CocoInstances, DatasetError, collate_fn
-from .inference import ImageError, predict_batch, resolve_device, write_bytes_atomic
+from .atomic import write_bytes_atomic
+from .inference import ImageError, predict_batch, resolve_device
 
 __all__ = ["BACKENDS", "run_cocoeval", "match_categories", "evaluate_checkpoint", "main"]
 

@@ -23,7 +23,6 @@ files ``categories.json`` and ``model_config.json``.
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -34,7 +33,7 @@ from torchvision.models.detection import MaskRCNN
 
 from .backbone import FNoiseBackboneWithFPN
 from .checkpoint import CheckpointError, model_from_checkpoint
-from .inference import temporary_sibling
+from .atomic import atomic_path
 
 __all__ = ["FORMATS", "ONNX_OPSET", "strip_f_noise", "export_onnx", "export_torchscript", "main"]
 
@@ -74,8 +73,7 @@ def export_onnx(model: MaskRCNN, path: Path, metadata: Optional[Mapping[str, str
     import onnx
 
     example = _example_image(model)
-    tmp = temporary_sibling(path)
-    try:
+    with atomic_path(path) as tmp:
         with warnings.catch_warnings():
             # The TorchScript-based exporter warns about every shape-dependent Python value it traces
             # (all intended: sizes are recomputed from the input at run time).
@@ -103,9 +101,6 @@ def export_onnx(model: MaskRCNN, path: Path, metadata: Optional[Mapping[str, str
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def export_torchscript(model: MaskRCNN, path: Path, metadata: Optional[Mapping[str, str]] = None) -> None:
@@ -117,15 +112,11 @@ def export_torchscript(model: MaskRCNN, path: Path, metadata: Optional[Mapping[s
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.script(model)
     extra_files = {f"{key}.json": value for key, value in (metadata or {}).items()}
-    tmp = temporary_sibling(path)
-    try:
+    with atomic_path(path) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             torch.jit.save(scripted, str(tmp), _extra_files=extra_files)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def export(checkpoint: Path, fmt: str, out: Path, score_thresh: Optional[float] = None) -> None:

@@ -8,7 +8,6 @@ detection models.
 import colorsys
 import io
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -34,8 +33,6 @@ __all__ = [
     "instances_to_json",
     "png_bytes",
     "category_names",
-    "write_bytes_atomic",
-    "temporary_sibling",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -182,20 +179,6 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def write_bytes_atomic(data: bytes, path: PathLike) -> None:
-    """Writes ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    tmp = temporary_sibling(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def temporary_sibling(path: PathLike) -> Path:
-    """A fresh hidden file name next to ``path`` (same file system, so ``os.replace`` is atomic)."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
 
 
 def encode_masks(masks: torch.Tensor) -> List[Dict[str, Any]]:

@@ -12,12 +12,12 @@ what the interrupted one wrote after its last checkpoint.
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from torch.utils.tensorboard import SummaryWriter
+
+from .atomic import write_text_atomic
 
 __all__ = ["RunLogger", "truncate_metrics"]
 
@@ -41,10 +41,7 @@ def truncate_metrics(path: Path, iteration: int, epoch: int) -> None:
         if record.get("type") == "epoch" and record.get("epoch", 0) >= epoch:
             continue
         kept.append(line)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic("".join(line + "\n" for line in kept), path)
 
 
 class RunLogger:

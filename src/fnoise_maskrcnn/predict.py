@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from .atomic import write_bytes_atomic
 from .checkpoint import CheckpointError, model_from_checkpoint
 from .coco_eval import predictions_to_coco_results
 from .inference import (
@@ -29,7 +30,6 @@ from .inference import (
     predict_batch,
     read_image,
     resolve_device,
-    write_bytes_atomic,
 )
 
 __all__ = ["main", "output_names", "image_ids_from_annotations"]

@@ -36,6 +36,7 @@ from . import distributed as dist_utils
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from .coco_eval import format_metrics_table
 from .data import CocoInstances, DatasetError, build_dataloader, build_transforms, set_epoch
+from .atomic import write_text_atomic
 from .engine import (
     LOSS_NAMES,
     DataRng,
@@ -539,12 +540,6 @@ def _resolved_config(run: Run) -> Dict[str, Any]:
     }
 
 
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _fmt(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -678,7 +673,7 @@ def _run(args: argparse.Namespace) -> int:
         config = _resolved_config(run)
         if ctx.is_main:
             output_dir.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(config, output_dir / "config.json")
+            write_text_atomic(json.dumps(config, indent=2) + "\n", output_dir / "config.json")
             print("config: " + json.dumps(config, indent=2), flush=True)
             if args.resume:
                 truncate_metrics(output_dir / "metrics.jsonl", run.state.iteration, run.state.epoch)

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +36,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn, Tensor
 
+from .atomic import atomic_path
 from .fnoise import F_NOISE_MODES, FNoise
 
 __all__ = [
@@ -282,17 +282,11 @@ def _render(figure: Figure) -> np.ndarray:
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
-    """Writes ``figure`` as a PNG atomically (temporary file in the same directory, then ``os.replace``)."""
+    """Writes ``figure`` as a PNG atomically (temporary file in the same directory, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            FigureCanvasAgg(figure).print_png(f, pil_kwargs={"optimize": True})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        FigureCanvasAgg(figure).print_png(f, pil_kwargs={"optimize": True})
     return path
 
 

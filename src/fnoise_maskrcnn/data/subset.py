@@ -27,13 +27,13 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 from array import array
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..atomic import write_text_atomic
 from .annotations import DatasetError, check_annotations
 from .json_stream import read_spans, scan_top_level
 
@@ -211,7 +211,7 @@ def make_subset(
             **{"images": split_images, "annotations": split_anns, "categories": kept_cats},
         }
         path = out_dir / f"{name}.json"
-        _write_json_atomic(dataset, path)
+        write_text_atomic(json.dumps(dataset), path)
         result.ann_files[name] = path
         result.images[name] = len(split_images)
         instances = Counter(a["category_id"] for a in split_anns if not a.get("iscrowd", 0))
@@ -235,17 +235,6 @@ def _place_image(src: Path, dst: Path, link: str) -> None:
         except OSError:  # other filesystem, or links not allowed: copy instead
             pass
     shutil.copyfile(src, dst)
-
-
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def format_table(result: SubsetResult) -> str:

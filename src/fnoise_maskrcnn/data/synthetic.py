@@ -31,6 +31,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from ..atomic import write_text_atomic
+
 CATEGORIES: tuple[dict, ...] = (
     {"id": 1, "name": "circle", "supercategory": "shape"},
     {"id": 2, "name": "triangle", "supercategory": "shape"},
@@ -148,13 +150,6 @@ def _render_image(rng: np.random.Generator, image_id: int, size_range: tuple[int
     return pixels, annotations
 
 
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
-
-
 def generate(
     out_dir: str | os.PathLike,
     num_images: int,
@@ -205,7 +200,7 @@ def generate(
             "categories": [dict(c) for c in CATEGORIES],
         }
         ann_files[split] = out_dir / f"{split}.json"
-        _write_json_atomic(dataset, ann_files[split])
+        write_text_atomic(json.dumps(dataset), ann_files[split])
     return SyntheticSplits(
         root=out_dir,
         train_ann=ann_files["train"],
