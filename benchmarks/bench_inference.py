@@ -45,7 +45,7 @@ def stock_torchvision_model(checkpoint: dict) -> MaskRCNN:
     config = checkpoint["model_config"]
     if config["arch"] != "resnet50":
         raise SystemExit("error: the torchvision comparison is for resnet50 checkpoints")
-    norm_layer = misc_nn_ops.FrozenBatchNorm2d if config.get("frozen_batchnorm") else torch.nn.BatchNorm2d
+    norm_layer = misc_nn_ops.FrozenBatchNorm2d if config.get("norm", "frozen_bn" if config.get("frozen_batchnorm") else "bn") == "frozen_bn" else torch.nn.BatchNorm2d
     backbone = _resnet_fpn_extractor(
         resnet50(weights=None, norm_layer=norm_layer), config["trainable_backbone_layers"] or 5
     )

@@ -316,8 +316,20 @@ def test_default_dataset_is_generated_once_and_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "generate", small_generate)
     monkeypatch.setenv("FNOISE_MASKRCNN_CACHE", str(tmp_path / "cache"))
     first = synthetic.default_dataset()
-    assert first.root == tmp_path / "cache" / synthetic.CACHE_VERSION
+    name = f"{synthetic.CACHE_VERSION}-{synthetic.DEFAULT_NUM_TRAIN}"
+    assert first.root == tmp_path / "cache" / name
     assert first.train_ann.is_file() and first.val_ann.is_file()
     second = synthetic.default_dataset()
     assert second == first and len(calls) == 1
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [synthetic.CACHE_VERSION]  # no temp dirs left
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [name]  # no temp dirs left
+
+
+def test_larger_synthetic_training_set_keeps_the_same_validation_images(tmp_path):
+    small = synthetic.generate(tmp_path / "small", 2, seed=0, num_val_images=2, size_range=(64, 80))
+    large = synthetic.generate(tmp_path / "large", 5, seed=0, num_val_images=2, size_range=(64, 80))
+    small_val, large_val = (json.loads(s.val_ann.read_text()) for s in (small, large))
+    for a, b in zip(small_val["images"], large_val["images"]):
+        assert (small.val_images / a["file_name"]).read_bytes() == (large.val_images / b["file_name"]).read_bytes()
+    assert [a["bbox"] for a in small_val["annotations"]] == [a["bbox"] for a in large_val["annotations"]]
+    # the extra training images are new ones, and the first ones are unchanged
+    assert (small.train_images / "000001.jpg").read_bytes() == (large.train_images / "000001.jpg").read_bytes()

@@ -172,7 +172,9 @@ def test_all_levels_perturbed_in_training_and_none_in_eval(ours):
 def test_use_f_noise_false_means_zero_std():
     model = our_model(use_f_noise=False, f_noise_std=0.3, f_noise_mode="channel")
     assert model.backbone.f_noise.std == 0.0
-    assert model.build_config["f_noise"] == {"enabled": False, "std": 0.3, "mode": "channel", "levels": None}
+    assert model.build_config["f_noise"] == {
+        "enabled": False, "std": 0.3, "mode": "channel", "distribution": "gaussian", "levels": None
+    }
 
 
 def test_bad_f_noise_arguments_raise_value_error():

@@ -22,7 +22,7 @@ class FNoiseBackboneWithFPN(BackboneWithFPN):
     Args:
         backbone, return_layers, in_channels_list, out_channels, extra_blocks, norm_layer: as for
             ``torchvision.models.detection.backbone_utils.BackboneWithFPN``.
-        f_noise_std, f_noise_mode, f_noise_levels: see :class:`FNoise`. ``f_noise_levels`` are names
+        f_noise_std, f_noise_mode, f_noise_levels, f_noise_distribution: see :class:`FNoise`. ``f_noise_levels`` are names
             among ``return_layers.values()``.
 
     Shape:
@@ -42,10 +42,15 @@ class FNoiseBackboneWithFPN(BackboneWithFPN):
         f_noise_std: float = 0.0,
         f_noise_mode: str = "elementwise",
         f_noise_levels: Optional[Sequence[str]] = None,
+        f_noise_distribution: str = "gaussian",
     ) -> None:
         super().__init__(backbone, return_layers, in_channels_list, out_channels, extra_blocks, norm_layer)
         self.f_noise = FNoise(
-            f_noise_std, f_noise_mode, f_noise_levels, available_levels=list(return_layers.values())
+            f_noise_std,
+            f_noise_mode,
+            f_noise_levels,
+            distribution=f_noise_distribution,
+            available_levels=list(return_layers.values()),
         )
 
     @classmethod
@@ -56,6 +61,7 @@ class FNoiseBackboneWithFPN(BackboneWithFPN):
         f_noise_std: float = 0.0,
         f_noise_mode: str = "elementwise",
         f_noise_levels: Optional[Sequence[str]] = None,
+        f_noise_distribution: str = "gaussian",
     ) -> "FNoiseBackboneWithFPN":
         """Adds F-Noise to an existing ``BackboneWithFPN``, sharing its ``body`` and ``fpn`` modules.
 
@@ -69,7 +75,11 @@ class FNoiseBackboneWithFPN(BackboneWithFPN):
         wrapped.fpn = backbone.fpn
         wrapped.out_channels = backbone.out_channels
         wrapped.f_noise = FNoise(
-            f_noise_std, f_noise_mode, f_noise_levels, available_levels=list(backbone.body.return_layers.values())
+            f_noise_std,
+            f_noise_mode,
+            f_noise_levels,
+            distribution=f_noise_distribution,
+            available_levels=list(backbone.body.return_layers.values()),
         )
         return wrapped
 

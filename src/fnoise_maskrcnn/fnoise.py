@@ -7,9 +7,17 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn, Tensor
 
-__all__ = ["FNoise", "F_NOISE_MODES"]
+__all__ = ["FNoise", "F_NOISE_MODES", "F_NOISE_DISTRIBUTIONS", "F_NOISE_PRESETS"]
 
 F_NOISE_MODES = ("elementwise", "channel", "sample", "tensor")
+F_NOISE_DISTRIBUTIONS = ("gaussian", "uniform")
+_SQRT3 = math.sqrt(3.0)
+
+#: Named F-Noise settings that reproduce definitions used elsewhere. ``deepmirror-uniform``: the original
+#: task's definition, every backbone feature multiplied by U(0.8, 1.2) (std 0.2/sqrt(3) = 0.115).
+F_NOISE_PRESETS: Dict[str, Dict[str, object]] = {
+    "deepmirror-uniform": {"std": 0.2 / _SQRT3, "mode": "elementwise", "distribution": "uniform", "levels": None},
+}
 
 
 class FNoise(nn.Module):
@@ -18,15 +26,21 @@ class FNoise(nn.Module):
     For a feature map ``x`` of shape ``[N, C, H, W]`` it returns
 
     .. math::
-        y = x + \sigma \cdot m(x) \cdot \varepsilon, \qquad \varepsilon \sim \mathcal{N}(0, 1)
-        \text{ i.i.d. per element,}
+        y = x + \sigma \cdot m(x) \cdot \varepsilon, \qquad \varepsilon \text{ i.i.d. per element,}
+
+with ``eps ~ N(0, 1)`` (``distribution="gaussian"``, the default) or ``eps ~ U(-sqrt(3), sqrt(3))``
+(``distribution="uniform"``), both of unit variance, so ``sigma`` is the standard deviation of the
+relative noise either way,
 
     where the magnitude ``m(x)`` depends on ``mode``:
 
     - ``"elementwise"`` (default): ``m = |x|``, shape ``[N, C, H, W]``. Since ``sign(x) * eps`` is
       again a standard normal variable, this is in distribution the multiplicative Gaussian noise of
       Gaussian dropout, ``y = x * (1 + sigma * eps')``, and it is computed in that form: one random
-      tensor and one multiplication, with the random tensor the only thing saved for backward.
+      tensor and one multiplication, with the random tensor the only thing saved for backward. With
+      ``"uniform"`` it is ``y = x * u``, ``u ~ U(1 - a, 1 + a)``, ``a = sigma * sqrt(3)``: at
+      ``sigma = 0.2 / sqrt(3)`` exactly the U(0.8, 1.2) multiplicative noise of the ``deepmirror-uniform``
+      preset.
     - ``"channel"``: mean of ``|x|`` over ``H, W``, shape ``[N, C, 1, 1]``.
     - ``"sample"``: root mean square of ``x`` over ``C, H, W`` (the L2 norm divided by
       ``sqrt(C * H * W)``), shape ``[N, 1, 1, 1]``.
@@ -41,6 +55,7 @@ class FNoise(nn.Module):
     Args:
         std: noise scale ``sigma``, finite and ``>= 0``.
         mode: one of ``"elementwise"``, ``"channel"``, ``"sample"``, ``"tensor"``.
+        distribution: ``"gaussian"`` or ``"uniform"``: the law of ``eps`` (unit variance either way).
         levels: names of the feature maps to perturb when the input is a dict (e.g. ``("3",)`` for
             C5 of a ResNet body); ``None`` perturbs every map. A plain tensor input is always perturbed.
         available_levels: the names the input dict will have, if known; ``levels`` is then checked
@@ -68,6 +83,7 @@ class FNoise(nn.Module):
         mode: str = "elementwise",
         levels: Optional[Sequence[str]] = None,
         *,
+        distribution: str = "gaussian",
         available_levels: Optional[Sequence[str]] = None,
         generator: Optional[torch.Generator] = None,
         record: bool = False,
@@ -77,6 +93,10 @@ class FNoise(nn.Module):
             raise ValueError(f"f_noise std must be a finite number >= 0, got {std!r}")
         if mode not in F_NOISE_MODES:
             raise ValueError(f"f_noise mode must be one of {', '.join(F_NOISE_MODES)}; got {mode!r}")
+        if distribution not in F_NOISE_DISTRIBUTIONS:
+            raise ValueError(
+                f"f_noise distribution must be one of {', '.join(F_NOISE_DISTRIBUTIONS)}; got {distribution!r}"
+            )
         if levels is not None:
             if isinstance(levels, str):
                 raise ValueError(f"f_noise levels must be a sequence of level names, got the string {levels!r}")
@@ -92,6 +112,7 @@ class FNoise(nn.Module):
                     )
         self.std = float(std)
         self.mode = mode
+        self.distribution = distribution
         self.levels = levels
         self.generator = generator
         self.record = record
@@ -126,8 +147,14 @@ class FNoise(nn.Module):
         """Returns ``x + std * m(x) * eps`` for one ``[N, C, H, W]`` map, recording it under ``name``."""
         if x.dim() != 4:
             raise ValueError(f"FNoise expects feature maps of shape [N, C, H, W], got {list(x.shape)}")
+        uniform = self.distribution == "uniform"
         if self.mode == "elementwise":
-            y = x * torch.empty_like(x).normal_(1.0, self.std, generator=self.generator)
+            if uniform:
+                half_width = self.std * math.sqrt(3.0)
+                factor = torch.empty_like(x).uniform_(1.0 - half_width, 1.0 + half_width, generator=self.generator)
+            else:
+                factor = torch.empty_like(x).normal_(1.0, self.std, generator=self.generator)
+            y = x * factor
         else:
             if self.mode == "channel":
                 magnitude = x.abs().mean(dim=(2, 3), keepdim=True)
@@ -136,7 +163,10 @@ class FNoise(nn.Module):
                 magnitude = torch.linalg.vector_norm(x, dim=(1, 2, 3), keepdim=True) / math.sqrt(numel)
             else:
                 magnitude = x.abs().mean()
-            eps = torch.empty_like(x).normal_(0.0, 1.0, generator=self.generator)
+            if uniform:
+                eps = torch.empty_like(x).uniform_(-math.sqrt(3.0), math.sqrt(3.0), generator=self.generator)
+            else:
+                eps = torch.empty_like(x).normal_(0.0, 1.0, generator=self.generator)
             y = torch.addcmul(x, magnitude, eps, value=self.std)
         if self.record:
             self.recorded_inputs[name] = x.detach()
@@ -150,4 +180,4 @@ class FNoise(nn.Module):
 
     def extra_repr(self) -> str:
         levels = "all" if self.levels is None else ",".join(self.levels)
-        return f"std={self.std}, mode={self.mode}, levels={levels}"
+        return f"std={self.std}, mode={self.mode}, distribution={self.distribution}, levels={levels}"

@@ -10,6 +10,7 @@ Every model built here carries ``model.build_config``: the plain-dict configurat
 
 import copy
 import functools
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -28,17 +29,23 @@ from torchvision.models.detection.backbone_utils import (
     _resnet_fpn_extractor,
     _validate_trainable_layers,
 )
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import misc as misc_nn_ops
 
 from .backbone import FNoiseBackboneWithFPN
 from .fnoise import FNoise
 from .checkpoint import load_state_dict_file
 
-__all__ = ["ARCHITECTURES", "maskrcnn_resnet50_fpn", "maskrcnn_mobilenet_v3_large_fpn", "build_model"]
+__all__ = ["ARCHITECTURES", "NORMS", "maskrcnn_resnet50_fpn", "maskrcnn_mobilenet_v3_large_fpn", "build_model"]
 
 ARCHITECTURES = ("resnet50", "mobilenet_v3")
+#: Normalisation choices. ``bn``: BatchNorm (torchvision's default from scratch); ``frozen_bn``: frozen
+#: BatchNorm (its default with pretrained weights); ``gn``: GroupNorm(32) in the backbone, FPN, a 4conv1fc box
+#: head and the mask head (the from-scratch recipe of He et al. 2018); ``syncbn``: BatchNorm that the trainer
+#: converts to SyncBatchNorm under DDP.
+NORMS = ("bn", "frozen_bn", "gn", "syncbn")
+GROUP_NORM_GROUPS = 32
 
 WeightsArg = Optional[Union[WeightsEnum, str, os.PathLike]]
 
@@ -121,6 +128,59 @@ def _replace_predictors(model: MaskRCNN, num_classes: int) -> None:
     model.roi_heads.mask_predictor = MaskRCNNPredictor(mask_in, mask_hidden, num_classes)
 
 
+def group_norm(num_channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups, or the largest divisor of ``num_channels`` dividing 32 (MobileNetV3's 40, 72...)."""
+    return nn.GroupNorm(math.gcd(GROUP_NORM_GROUPS, num_channels), num_channels)
+
+
+def _resolve_norm(norm: Optional[str], frozen_batchnorm: Optional[bool], is_trained: bool) -> str:
+    """The normalisation to build: ``norm`` if given, else the legacy ``frozen_batchnorm`` flag, else torchvision's rule."""
+    if norm is not None:
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
+        return norm
+    if frozen_batchnorm is not None:
+        return "frozen_bn" if frozen_batchnorm else "bn"
+    return "frozen_bn" if is_trained else "bn"
+
+
+def _gn_heads(out_channels: int) -> Dict[str, nn.Module]:
+    """The GroupNorm box head (4conv1fc, as torchvision's v2 model) and mask head (4 convs) of the GN recipe."""
+    return {
+        "box_head": FastRCNNConvFCHead((out_channels, 7, 7), [256] * 4, [1024], norm_layer=group_norm),
+        "mask_head": MaskRCNNHeads(out_channels, [256] * 4, 1, norm_layer=group_norm),
+    }
+
+
+def _calibrate_predictors(model: MaskRCNN) -> None:
+    """detectron2's predictor initialisation: small output layers, so training starts near chance losses.
+
+    Box classifier weights ~ N(0, 0.01), box regression ~ N(0, 0.001), mask logits ~ N(0, 0.001), biases 0.
+    With GroupNorm heads, torchvision's default initialisation starts the mask loss near 2 instead of ln 2.
+    """
+    predictor = model.roi_heads.box_predictor
+    for layer, std in ((predictor.cls_score, 0.01), (predictor.bbox_pred, 0.001)):
+        nn.init.normal_(layer.weight, std=std)
+        nn.init.zeros_(layer.bias)
+    logits = model.roi_heads.mask_predictor.mask_fcn_logits
+    nn.init.normal_(logits.weight, std=0.001)
+    nn.init.zeros_(logits.bias)
+
+
+def _anchor_generator(arch: str, sizes: Sequence[int]) -> AnchorGenerator:
+    """Anchors of ``sizes`` px: one size per FPN level for ResNet-50 (5 levels, as torchvision's
+    ``((32,), (64,), (128,), (256,), (512,))``), all sizes on each of MobileNetV3's 3 levels."""
+    if not sizes or any(size < 1 for size in sizes):
+        raise ValueError(f"anchor_sizes must be positive integers, got {list(sizes)}")
+    if arch == "resnet50":
+        if len(sizes) != 5:
+            raise ValueError(f"anchor_sizes needs 5 sizes for resnet50 (one per FPN level), got {len(sizes)}")
+        per_level = tuple((size,) for size in sizes)
+    else:
+        per_level = (tuple(sizes),) * 3
+    return AnchorGenerator(per_level, ((0.5, 1.0, 2.0),) * len(per_level))
+
+
 def _build(
     arch: str,
     *,
@@ -133,13 +193,17 @@ def _build(
     f_noise_std: float,
     f_noise_mode: str,
     f_noise_levels: Optional[Sequence[str]],
+    f_noise_distribution: str = "gaussian",
+    norm: Optional[str] = None,
     frozen_batchnorm: Optional[bool] = None,
+    anchor_sizes: Optional[Sequence[int]] = None,
     **kwargs: Any,
 ) -> MaskRCNN:
     """Builds a Mask R-CNN the way torchvision's factories do, with an F-Noise backbone.
 
-    ``frozen_batchnorm`` overrides torchvision's rule (frozen when any pretrained weights are given);
-    :func:`build_model` uses it to rebuild a trained model exactly.
+    ``norm`` (one of :data:`NORMS`) overrides torchvision's rule (frozen BatchNorm when any pretrained
+    weights are given, else BatchNorm); ``frozen_batchnorm`` is the older spelling of the same choice,
+    read from checkpoints written before ``norm`` existed.
     """
     if arch == "resnet50":
         detector_enum, backbone_enum, max_trainable = MaskRCNN_ResNet50_FPN_Weights, ResNet50_Weights, 5
@@ -150,7 +214,7 @@ def _build(
         raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {arch!r}")
     model_kwargs = dict(kwargs)
     # Bad F-Noise arguments fail before any weights are read or built (levels are checked again by the backbone).
-    FNoise(f_noise_std if use_f_noise else 0.0, f_noise_mode, f_noise_levels)
+    FNoise(f_noise_std if use_f_noise else 0.0, f_noise_mode, f_noise_levels, distribution=f_noise_distribution)
 
     state_dict, source_config, weights_enum = _load_weights(weights, detector_enum, "weights", progress)
     target_num_classes = num_classes
@@ -165,40 +229,45 @@ def _build(
         target_num_classes = num_classes
 
     backbone_state, _, backbone_weights_enum = _load_weights(weights_backbone, backbone_enum, "weights_backbone", progress)
-    if frozen_batchnorm is None:
-        is_trained = state_dict is not None or backbone_state is not None
+    is_trained = state_dict is not None or backbone_state is not None
+    if norm is None and frozen_batchnorm is None:
         trainable_backbone_layers = _validate_trainable_layers(is_trained, trainable_backbone_layers, max_trainable, 3)
-        frozen_batchnorm = is_trained
     elif trainable_backbone_layers is None:
         trainable_backbone_layers = max_trainable
-    norm_layer = misc_nn_ops.FrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d
+    norm = _resolve_norm(norm, frozen_batchnorm, is_trained)
+    norm_layer = {"frozen_bn": misc_nn_ops.FrozenBatchNorm2d, "gn": group_norm}.get(norm, nn.BatchNorm2d)
+    fpn_norm = group_norm if norm == "gn" else None
+    head_kwargs: Dict[str, Any] = _gn_heads(256) if norm == "gn" else {}
+    if anchor_sizes is not None:
+        anchor_sizes = [int(size) for size in anchor_sizes]
+        head_kwargs["rpn_anchor_generator"] = _anchor_generator(arch, anchor_sizes)
 
     f_noise = {
         "f_noise_std": f_noise_std if use_f_noise else 0.0,
         "f_noise_mode": f_noise_mode,
         "f_noise_levels": f_noise_levels,
+        "f_noise_distribution": f_noise_distribution,
     }
     if arch == "resnet50":
         body = resnet50(weights=None, progress=progress, norm_layer=norm_layer)
         if backbone_state is not None:
             body.load_state_dict(backbone_state)
         backbone = FNoiseBackboneWithFPN.from_backbone_with_fpn(
-            _resnet_fpn_extractor(body, trainable_backbone_layers), **f_noise
+            _resnet_fpn_extractor(body, trainable_backbone_layers, norm_layer=fpn_norm), **f_noise
         )
-        model = MaskRCNN(backbone, num_classes=num_classes, **model_kwargs)
+        model = MaskRCNN(backbone, num_classes=num_classes, **head_kwargs, **model_kwargs)
     else:
         body = mobilenet_v3_large(weights=None, progress=progress, norm_layer=norm_layer)
         if backbone_state is not None:
             body.load_state_dict(backbone_state)
         backbone = FNoiseBackboneWithFPN.from_backbone_with_fpn(
-            _mobilenet_extractor(body, True, trainable_backbone_layers), **f_noise
+            _mobilenet_extractor(body, True, trainable_backbone_layers, norm_layer=fpn_norm), **f_noise
         )
-        anchor_sizes = ((32, 64, 128, 256, 512),) * 3
-        aspect_ratios = ((0.5, 1.0, 2.0),) * len(anchor_sizes)
-        model = MaskRCNN(
-            backbone, num_classes, rpn_anchor_generator=AnchorGenerator(anchor_sizes, aspect_ratios), **model_kwargs
-        )
+        head_kwargs.setdefault("rpn_anchor_generator", _anchor_generator(arch, [32, 64, 128, 256, 512]))
+        model = MaskRCNN(backbone, num_classes, **head_kwargs, **model_kwargs)
 
+    if norm == "gn":
+        _calibrate_predictors(model)
     if state_dict is not None:
         model.load_state_dict(state_dict)
         if weights_enum == MaskRCNN_ResNet50_FPN_Weights.COCO_V1:
@@ -210,11 +279,13 @@ def _build(
         "arch": arch,
         "num_classes": target_num_classes,
         "trainable_backbone_layers": trainable_backbone_layers,
-        "frozen_batchnorm": frozen_batchnorm,
+        "norm": norm,
+        "anchor_sizes": anchor_sizes,
         "f_noise": {
             "enabled": bool(use_f_noise),
             "std": float(f_noise_std),
             "mode": f_noise_mode,
+            "distribution": f_noise_distribution,
             "levels": None if f_noise_levels is None else [str(level) for level in f_noise_levels],
         },
         "model_kwargs": copy.deepcopy(model_kwargs),
@@ -238,6 +309,9 @@ def maskrcnn_resnet50_fpn(
     f_noise_std: float = 0.1,
     f_noise_mode: str = "elementwise",
     f_noise_levels: Optional[Sequence[str]] = None,
+    f_noise_distribution: str = "gaussian",
+    norm: Optional[str] = None,
+    anchor_sizes: Optional[Sequence[int]] = None,
     **kwargs: Any,
 ) -> MaskRCNN:
     """Mask R-CNN with a ResNet-50-FPN backbone and optional F-Noise between ResNet body and FPN.
@@ -266,8 +340,16 @@ def maskrcnn_resnet50_fpn(
             while training.
         f_noise_std: the noise scale ``sigma`` (finite, ``>= 0``).
         f_noise_mode: ``"elementwise"``, ``"channel"``, ``"sample"`` or ``"tensor"``.
+        f_noise_distribution: ``"gaussian"`` or ``"uniform"`` (see :class:`~fnoise_maskrcnn.FNoise`).
         f_noise_levels: names of the body outputs to perturb, among ``"0"`` (C2) ... ``"3"`` (C5);
             ``None`` for all.
+        norm: ``"bn"``, ``"frozen_bn"``, ``"gn"`` or ``"syncbn"`` (see :data:`NORMS`); ``None`` keeps
+            torchvision's rule (frozen BatchNorm with pretrained weights, BatchNorm without). ``"gn"`` is
+            the from-scratch choice: GroupNorm(32) in the ResNet, the FPN, a 4conv1fc box head and the
+            mask head, with detectron2's small initialisation of the box and mask predictors. Default
+            models keep torchvision's modules, initialisation and ``state_dict`` keys.
+        anchor_sizes: RPN anchor sizes in pixels, one per FPN level (5), e.g. ``(16, 32, 64, 128, 256)``
+            for small objects; ``None`` keeps torchvision's ``(32, 64, 128, 256, 512)``.
         **kwargs: passed to ``torchvision.models.detection.MaskRCNN`` (``min_size``, ``max_size``,
             ``box_detections_per_img`` ...).
     """
@@ -282,6 +364,9 @@ def maskrcnn_resnet50_fpn(
         f_noise_std=f_noise_std,
         f_noise_mode=f_noise_mode,
         f_noise_levels=f_noise_levels,
+        f_noise_distribution=f_noise_distribution,
+        norm=norm,
+        anchor_sizes=anchor_sizes,
         **kwargs,
     )
 
@@ -299,6 +384,9 @@ def maskrcnn_mobilenet_v3_large_fpn(
     f_noise_std: float = 0.1,
     f_noise_mode: str = "elementwise",
     f_noise_levels: Optional[Sequence[str]] = None,
+    f_noise_distribution: str = "gaussian",
+    norm: Optional[str] = None,
+    anchor_sizes: Optional[Sequence[int]] = None,
     **kwargs: Any,
 ) -> MaskRCNN:
     """Mask R-CNN with a MobileNetV3-Large-FPN backbone and optional F-Noise: the CPU-friendly variant.
@@ -320,6 +408,9 @@ def maskrcnn_mobilenet_v3_large_fpn(
         f_noise_std=f_noise_std,
         f_noise_mode=f_noise_mode,
         f_noise_levels=f_noise_levels,
+        f_noise_distribution=f_noise_distribution,
+        norm=norm,
+        anchor_sizes=anchor_sizes,
         **kwargs,
     )
 
@@ -334,8 +425,8 @@ def build_model(
     """Builds a model from a ``build_config`` dict (as stored in checkpoints under ``model_config``).
 
     Args:
-        config: ``{"arch", "num_classes", "trainable_backbone_layers", "frozen_batchnorm",
-            "f_noise": {"enabled", "std", "mode", "levels"}, "model_kwargs": {...}}``; missing keys
+        config: ``{"arch", "num_classes", "trainable_backbone_layers", "norm",
+            "f_noise": {"enabled", "std", "mode", "distribution", "levels"}, "model_kwargs": {...}}``; missing keys
             take the factories' defaults (no F-Noise, ResNet-50).
         weights, weights_backbone: optional initial weights, as for the factories.
     """
@@ -351,6 +442,9 @@ def build_model(
         f_noise_std=float(f_noise.get("std", 0.1)),
         f_noise_mode=f_noise.get("mode", "elementwise"),
         f_noise_levels=f_noise.get("levels"),
+        f_noise_distribution=f_noise.get("distribution", "gaussian"),
+        norm=config.get("norm"),
         frozen_batchnorm=config.get("frozen_batchnorm"),
+        anchor_sizes=config.get("anchor_sizes"),
         **dict(config.get("model_kwargs") or {}),
     )

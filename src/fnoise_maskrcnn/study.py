@@ -39,11 +39,11 @@ __all__ = [
 
 #: The total loss first, then the five components of torchvision's Mask R-CNN.
 LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
-F_NOISE_KEYS = ("f_noise", "f_noise_std", "f_noise_mode", "f_noise_levels")
+F_NOISE_KEYS = ("f_noise", "f_noise_std", "f_noise_mode", "f_noise_dist", "f_noise_preset", "f_noise_levels")
 #: config.json keys that never make two runs different arms: the seed, bookkeeping that does not change
 #: what is learnt, and ``model_config`` (derived from the flags that are compared themselves).
 DEFAULT_IGNORED_KEYS = (
-    "seed", "output_dir", "resume", "print_freq", "visualize_every", "workers", "test_only", "eval_every",
+    "seed", "output_dir", "resume", "print_freq", "visualize_every", "workers", "threads", "test_only", "eval_every",
     "model_config",
 )
 
@@ -222,7 +222,10 @@ def _label(key: Mapping[str, Any]) -> str:
             where = ("level " if len(levels) == 1 else "levels ") + ", ".join(str(level) for level in levels)
         std = key.get("f_noise_std")
         sigma = "?" if std is None else f"{float(std):g}"
-        label = f"F-Noise σ={sigma} ({key.get('f_noise_mode', 'elementwise')}, {where})"
+        form = key.get("f_noise_mode", "elementwise")
+        if key.get("f_noise_dist", "gaussian") != "gaussian":
+            form += f", {key['f_noise_dist']}"
+        label = f"F-Noise σ={sigma} ({form}, {where})"
     else:
         label = "baseline"
     others = [f"{k}={_format_value(v)}" for k, v in key.items() if k not in F_NOISE_KEYS]

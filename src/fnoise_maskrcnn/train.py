@@ -50,22 +50,21 @@ from .engine import (
     skip_batches,
     train_one_epoch,
 )
-from .fnoise import F_NOISE_MODES
+from .fnoise import F_NOISE_DISTRIBUTIONS, F_NOISE_MODES, F_NOISE_PRESETS
 from .metrics_log import RunLogger, truncate_metrics
-from .models import ARCHITECTURES, build_model
+from .models import ARCHITECTURES, NORMS, build_model
+from .recipes import RECIPE_HELP, RECIPES, recipe_defaults
 
 __all__ = ["build_parser", "main"]
 
-#: Image size on the synthetic default (its images are 192-256 px), instead of torchvision's 800/1333.
-SYNTHETIC_SIZE = 256
 COCO_MIN_SIZE, COCO_MAX_SIZE = 800, 1333
 #: torchvision's reference learning rate: 0.02 for 16 images per step (8 GPUs x 2), scaled linearly.
 REFERENCE_LR, REFERENCE_BATCH = 0.02, 16
 #: Flags that define the model, data or randomness of a run: a resumed run must keep them.
 FIXED_ON_RESUME = (
     "data_path", "train_ann", "train_images", "val_ann", "val_images", "categories", "max_images",
-    "max_val_images", "model", "weights", "weights_backbone", "trainable_backbone_layers", "min_size",
-    "max_size", "f_noise", "f_noise_std", "f_noise_mode", "f_noise_levels", "batch_size", "opt", "seed",
+    "max_val_images", "synthetic_images", "model", "weights", "weights_backbone", "norm", "anchor_sizes", "trainable_backbone_layers", "min_size",
+    "max_size", "f_noise", "f_noise_std", "f_noise_mode", "f_noise_dist", "f_noise_levels", "batch_size", "opt", "seed",
     "lr_scheduler", "lr_steps", "warmup_iters", "scale_jitter", "photometric", "aspect_ratio_group_factor",
     "model_kwarg",
 )  # fmt: skip
@@ -105,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         "`torchrun --nproc_per_node=N -m fnoise_maskrcnn.train ...` for distributed training.",
         formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--recipe", choices=tuple(RECIPES), help="a named set of defaults that explicit flags "
+                        "override (default: synthetic without data flags, else torchvision): "
+                        + "; ".join(f"{name}: {text}" for name, text in RECIPE_HELP.items()))
     data = parser.add_argument_group("data (none given: the synthetic dataset)")
     data.add_argument("--data-path", help="dataset root: COCO layout (annotations/instances_{train,val}2017.json, "
                       "train2017/, val2017/) or the simple layout (train.json, val.json, images/)")
@@ -115,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--categories", nargs="+", metavar="NAME", help="train on these categories only")
     data.add_argument("--max-images", type=int, help="use the first N training images (by image id)")
     data.add_argument("--max-val-images", type=int, help="use the first N validation images (by image id)")
-    data.add_argument("--scale-jitter", action="store_true", help="random zoom-out augmentation")
-    data.add_argument("--photometric", action="store_true", help="random photometric distortion")
+    data.add_argument("--synthetic-images", type=int, default=64,
+                      help="training images of the synthetic dataset (its 64 validation images stay fixed)")
+    data.add_argument("--scale-jitter", action=argparse.BooleanOptionalAction, default=False, help="random zoom-out augmentation")
+    data.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=False, help="random photometric distortion")
     data.add_argument("--aspect-ratio-group-factor", type=int, default=3,
                       help="batch images of similar aspect ratio (< 0: off)")
 
@@ -126,12 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "downloads) or a local file (torchvision state_dict or our checkpoint)")
     model.add_argument("--weights-backbone", help="initial backbone weights: a torchvision name (e.g. DEFAULT) or "
                        "a local file; none: from scratch")
+    model.add_argument("--norm", choices=NORMS, help="normalisation: gn (GroupNorm, for training from scratch), "
+                       "bn, frozen_bn, syncbn (SyncBatchNorm under DDP); default: torchvision's rule")
+    model.add_argument("--anchor-sizes", type=int, nargs=5, metavar="PX",
+                       help="RPN anchor sizes, one per FPN level (default: 32 64 128 256 512); smaller ones for "
+                       "small objects, e.g. 16 32 64 128 256")
     model.add_argument("--trainable-backbone-layers", type=int,
                        help="trainable backbone stages (default: torchvision's rule, 3 with pretrained weights)")
-    model.add_argument("--min-size", type=int, help=f"shorter image side after resizing (default: "
-                       f"{COCO_MIN_SIZE}, or {SYNTHETIC_SIZE} on the synthetic data)")
-    model.add_argument("--max-size", type=int, help=f"longest image side after resizing (default: "
-                       f"{COCO_MAX_SIZE}, or {SYNTHETIC_SIZE} on the synthetic data)")
+    model.add_argument("--min-size", type=int, help="shorter image side after resizing (default: the recipe's)")
+    model.add_argument("--max-size", type=int, help="longest image side after resizing (default: the recipe's)")
     model.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE", type=_model_kwarg,
                        help="extra torchvision MaskRCNN argument, repeatable (e.g. box_batch_size_per_image=128, "
                        "rpn_post_nms_top_n_train=1000); VALUE is read as JSON, else as a string")
@@ -140,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--f-noise", action="store_true", help="train with F-Noise between backbone body and FPN")
     noise.add_argument("--f-noise-std", type=float, default=0.1, help="noise scale sigma")
     noise.add_argument("--f-noise-mode", choices=F_NOISE_MODES, default="elementwise", help="magnitude estimate")
+    noise.add_argument("--f-noise-dist", choices=F_NOISE_DISTRIBUTIONS, default="gaussian",
+                       help="law of the unit-variance noise eps (uniform: U(-sqrt3, sqrt3))")
+    noise.add_argument("--f-noise-preset", choices=tuple(F_NOISE_PRESETS),
+                       help="turn F-Noise on with a named definition (explicit F-Noise flags override it): "
+                       "deepmirror-uniform multiplies every feature by U(0.8, 1.2)")
     noise.add_argument("--f-noise-levels", nargs="+", metavar="LEVEL",
                        help="body outputs to perturb (resnet50: 0 1 2 3; mobilenet_v3: 0 1); default all")
 
@@ -157,16 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="multistep: epochs at which the lr is multiplied by --lr-gamma "
                      "(default: at 16/26 and 22/26 of --epochs, as torchvision's 26-epoch schedule)")
     opt.add_argument("--lr-gamma", type=float, default=0.1, help="multistep: lr factor at each step")
-    opt.add_argument("--warmup-iters", type=int, default=1000,
-                     help="linear warmup iterations (at most the first epoch's)")
+    opt.add_argument("--warmup-iters", type=int, default=1000, help="linear warmup iterations, from 0.001 x lr")
     opt.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradient norm at this value (0: off)")
-    opt.add_argument("--amp", action="store_true",
+    opt.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                      help="mixed precision: float16 autocast + GradScaler on CUDA, bfloat16 autocast on the CPU "
                      "(1.33x faster per ResNet-50 step at 512 px on an AVX-512/AMX-BF16 CPU, README)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     run.add_argument("--workers", type=int, default=2, help="data-loading processes per training process")
+    run.add_argument("--threads", type=int, help="CPU threads per training process (default: torch's choice)")
     run.add_argument("--seed", type=int, default=0, help="seeds initialisation, data order, augmentation, noise (default: 0)")
     run.add_argument("--deterministic", action="store_true",
                      help="deterministic algorithms (slower); with --workers 0, resuming is bit-exact")
@@ -184,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Argparse errors for values that are of the right type but make no sense."""
     positive = ["epochs", "batch_size", "print_freq", "eval_every", "max_images", "max_val_images",
-                "min_size", "max_size"]  # fmt: skip
+                "min_size", "max_size", "synthetic_images", "threads"]  # fmt: skip
     for name in positive:
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -230,16 +242,45 @@ def _explicit_flags(argv: Optional[Sequence[str]]) -> Dict[str, Any]:
     parser = build_parser()
     for action in parser._actions:  # argparse has no public way to list them
         action.default = argparse.SUPPRESS
-    return vars(parser.parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return vars(parser.parse_args([arg for arg in argv if arg not in ("-h", "--help")]))
+    except SystemExit:  # let the full parser report the error (or print --help) itself
+        return {}
+
+
+_DATA_FLAGS = ("data_path", "train_ann", "train_images")
+
+
+def recipe_name(argv: Optional[Sequence[str]]) -> str:
+    """The recipe a command line asks for: ``--recipe``, else ``synthetic`` without data flags, else ``torchvision``."""
+    explicit = _explicit_flags(argv)
+    if explicit.get("recipe"):
+        return explicit["recipe"]
+    return "torchvision" if any(explicit.get(name) for name in _DATA_FLAGS) else "synthetic"
+
+
+def build_recipe_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """:func:`build_parser` with the defaults of the recipe that ``argv`` selects."""
+    parser = build_parser()
+    name = recipe_name(argv)
+    parser.set_defaults(recipe=name, **recipe_defaults(name))
+    preset = _explicit_flags(argv).get("f_noise_preset")
+    if preset:
+        values = F_NOISE_PRESETS[preset]
+        parser.set_defaults(f_noise=True, f_noise_std=values["std"], f_noise_mode=values["mode"],
+                            f_noise_dist=values["distribution"], f_noise_levels=values["levels"])  # fmt: skip
+    return parser
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parses and checks the command line; with ``--resume``, starts from the run's saved arguments.
 
-    Flags given with ``--resume`` override the saved ones, except those in :data:`FIXED_ON_RESUME`,
+    The recipe (``--recipe``, or the default one) sets the parser's defaults, and explicit flags win over
+    them. Flags given with ``--resume`` override the saved ones, except those in :data:`FIXED_ON_RESUME`,
     which must keep their value.
     """
-    parser = build_parser()
+    parser = build_recipe_parser(argv)
     args = parser.parse_args(argv)
     if args.resume and args.output_dir:
         last = Path(args.output_dir) / "last.pth"
@@ -295,7 +336,7 @@ def resolve_data(args: argparse.Namespace) -> DataSpec:
         )
     from .data import synthetic
 
-    splits = synthetic.default_dataset()
+    splits = synthetic.default_dataset(num_images=args.synthetic_images)
     return DataSpec(splits.train_ann, splits.train_images, splits.val_ann, splits.val_images, True)
 
 
@@ -349,9 +390,9 @@ class Run:
         self.output_dir = Path(args.output_dir)
         self.data = resolve_data(args)
         if args.min_size is None:
-            args.min_size = SYNTHETIC_SIZE if self.data.synthetic else COCO_MIN_SIZE
+            args.min_size = COCO_MIN_SIZE
         if args.max_size is None:
-            args.max_size = max(SYNTHETIC_SIZE if self.data.synthetic else COCO_MAX_SIZE, args.min_size)
+            args.max_size = max(COCO_MAX_SIZE, args.min_size)
         if args.lr is None:
             base = REFERENCE_LR if args.opt == "sgd" else 1e-4
             args.lr = base * args.batch_size * ctx.world_size / REFERENCE_BATCH
@@ -394,7 +435,10 @@ class Run:
             "arch": args.model,
             "num_classes": len(self.categories) + 1,
             "trainable_backbone_layers": args.trainable_backbone_layers,
+            "norm": args.norm,
+            "anchor_sizes": args.anchor_sizes,
             "f_noise": {"enabled": args.f_noise, "std": args.f_noise_std, "mode": args.f_noise_mode,
+                        "distribution": args.f_noise_dist,
                         "levels": args.f_noise_levels},
             "model_kwargs": {**dict(args.model_kwarg), "min_size": args.min_size, "max_size": args.max_size},
         }  # fmt: skip
@@ -427,7 +471,7 @@ class Run:
         self.schedule = LrSchedule(
             args.lr_scheduler, self.iters_per_epoch, self.iters_per_epoch * args.epochs,
             milestones=self.lr_steps, gamma=args.lr_gamma,
-            warmup_iters=min(args.warmup_iters, max(self.iters_per_epoch - 1, 0)),
+            warmup_iters=args.warmup_iters,
         )  # fmt: skip
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.scaler = torch.amp.GradScaler("cuda") if args.amp and self.device.type == "cuda" else None
@@ -437,6 +481,8 @@ class Run:
         self.best_epoch: Optional[int] = None
         self.ddp_model: nn.Module = self.model
         if ctx.distributed:
+            if self.model_config.get("norm") == "syncbn":
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
@@ -544,6 +590,17 @@ def _fmt(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _ap_history(metrics_file: Path) -> List[str]:
+    """``"epoch: bbox AP / segm AP"`` for each evaluated epoch recorded in ``metrics.jsonl``."""
+    lines = []
+    if metrics_file.is_file():
+        for line in metrics_file.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("type") == "epoch" and record.get("segm"):
+                lines.append(f"{record['epoch']}: {record['bbox']['AP']:.3f} / {record['segm']['AP']:.3f}")
+    return lines
+
+
 def _print_summary(run: Run, last_epoch: Optional[Dict[str, Any]], seconds: float) -> None:
     out = run.output_dir
     print(f"\nDone: {run.state.epoch} epoch(s), {run.state.iteration} iterations, {_fmt_time(seconds)} this session.")
@@ -566,6 +623,15 @@ def _print_summary(run: Run, last_epoch: Optional[Dict[str, Any]], seconds: floa
     if (out / "best.pth").is_file():
         print(f"  {out / 'best.pth'}       checkpoint with the best segm AP")
     print(f"  TensorBoard: tensorboard --logdir {out}")
+    history = _ap_history(out / "metrics.jsonl")
+    if history:
+        print("Validation bbox AP / segm AP by epoch:  " + "   ".join(history))
+    if run.val_set is not None and (out / "best.pth").is_file():
+        image = Path(run.val_set.coco.imgs[run.val_set.image_ids[0]]["file_name"])
+        image = (run.data.val_images or Path(".")) / image
+        print(f"See the predictions on a validation image (a short run scores low: lower --score-thresh):\n"
+              f"  python -m fnoise_maskrcnn.predict --checkpoint {out / 'best.pth'} --score-thresh 0.3 "
+              f"--out-dir {out / 'predictions'} {image}")  # fmt: skip
 
 
 def _fmt_time(seconds: float) -> str:
@@ -611,7 +677,9 @@ def _train(run: Run) -> int:
                 is_best = False
                 evaluate = run.val_loader is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs)
                 if evaluate:
+                    eval_start = time.perf_counter()
                     result = run.evaluate()
+                    record["eval_time"] = time.perf_counter() - eval_start
                     record["val"] = result["val"]
                     metrics = result["metrics"]
                     if ctx.is_main:
@@ -692,6 +760,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     _set_deterministic(args.deterministic)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         return _run(args)
     except (UserError, DatasetError, CheckpointError) as exc:

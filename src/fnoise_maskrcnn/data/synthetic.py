@@ -5,8 +5,9 @@ real COCO dataset (JPEG files plus ``train.json``/``val.json`` in the layout of 
 polygon and compressed RLE segmentations, so everything downstream reads it exactly like user data.
 
 Each image has a smooth random background with noise and stripes, and 1..``max_instances`` shapes
-(circle, triangle, rectangle, star) of varied size, aspect ratio and rotation, painted in order so that
-later shapes occlude earlier ones. An instance that nothing covers is written as its polygon; an
+(circle, triangle, rectangle, star) of 20-50% of the shorter side, varied aspect ratio and rotation, in
+colours that stand out from the background under them, painted in order so that later shapes occlude
+earlier ones (by at most 30% of a new shape's area). An instance that nothing covers is written as its polygon; an
 occluded one as the compressed RLE of its visible part. Masks are rasterised with pycocotools, so the
 painted pixels and the decoded annotation agree exactly. Output is byte-identical for a given seed.
 
@@ -41,10 +42,13 @@ CATEGORIES: tuple[dict, ...] = (
 )
 
 #: Bump when the generator's output changes, so that stale caches are not reused.
-CACHE_VERSION = "synthetic-v1"
+CACHE_VERSION = "synthetic-v2"
 DEFAULT_NUM_TRAIN = 64
-DEFAULT_NUM_VAL = 16
-DEFAULT_SIZE_RANGE = (192, 256)
+#: The held-out validation set of the default dataset: the same 64 images whatever the training set's size.
+DEFAULT_NUM_VAL = 64
+_VAL_STREAM = 1
+DEFAULT_SIZE_RANGE = (160, 192)
+DEFAULT_MAX_INSTANCES = 4
 _MIN_VISIBLE_PIXELS = 24
 
 
@@ -101,25 +105,55 @@ def _rasterize(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask_utils.decode(mask_utils.merge(rle)).astype(bool)
 
 
-def _render_image(rng: np.random.Generator, image_id: int, size_range: tuple[int, int], max_instances: int):
-    """Return (RGB uint8 [H, W, 3], list of annotation dicts without ids)."""
-    width, height = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
-    canvas = _background(rng, height, width)
-    shapes = []  # (category, polygon, full mask) in painting order
-    for _ in range(int(rng.integers(1, max_instances + 1))):
+#: A new shape may cover at most this fraction of its area with earlier shapes (occlusion stays partial).
+_MAX_OVERLAP = 0.3
+#: Smallest RGB distance between a shape's colour and the mean background colour under it.
+_MIN_CONTRAST = 80.0
+_PLACEMENT_TRIES = 10
+
+
+def _place_shape(rng: np.random.Generator, height: int, width: int, occupied: np.ndarray):
+    """A (category, polygon, mask) that overlaps ``occupied`` by at most :data:`_MAX_OVERLAP`, or None."""
+    for _ in range(_PLACEMENT_TRIES):
         category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
-        size = rng.uniform(0.15, 0.55) * min(width, height)
+        size = rng.uniform(0.2, 0.5) * min(width, height)
         cx, cy = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
         polygon = _shape_polygon(category["name"], rng, cx, cy, size)
         polygon[:, 0] = polygon[:, 0].clip(0, width - 1)
         polygon[:, 1] = polygon[:, 1].clip(0, height - 1)
         polygon = np.round(polygon, 2)  # as written to JSON, so that mask and annotation agree
         full = _rasterize(polygon, height, width)
-        if full.sum() < _MIN_VISIBLE_PIXELS:
-            continue
+        area = full.sum()
+        if area >= _MIN_VISIBLE_PIXELS and (full & occupied).sum() <= _MAX_OVERLAP * area:
+            return category, polygon, full
+    return None
+
+
+def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+    """An RGB colour at least :data:`_MIN_CONTRAST` away from ``background`` (float32 [3])."""
+    colour = rng.uniform(0, 255, size=3).astype(np.float32)
+    for _ in range(_PLACEMENT_TRIES):
+        if np.linalg.norm(colour - background) >= _MIN_CONTRAST:
+            break
         colour = rng.uniform(0, 255, size=3).astype(np.float32)
+    return colour
+
+
+def _render_image(rng: np.random.Generator, image_id: int, size_range: tuple[int, int], max_instances: int):
+    """Return (RGB uint8 [H, W, 3], list of annotation dicts without ids)."""
+    width, height = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
+    canvas = _background(rng, height, width)
+    shapes = []  # (category, polygon, full mask) in painting order
+    occupied = np.zeros((height, width), dtype=bool)
+    for _ in range(int(rng.integers(1, max_instances + 1))):
+        placed = _place_shape(rng, height, width, occupied)
+        if placed is None:
+            continue
+        category, polygon, full = placed
+        colour = _contrasting_colour(rng, canvas[full].mean(axis=0))
         texture = rng.normal(0, rng.uniform(2, 12), size=(height, width, 1)).astype(np.float32)
         canvas[full] = colour + texture[full]
+        occupied |= full
         shapes.append((category, polygon, full))
 
     annotations = []
@@ -157,12 +191,14 @@ def generate(
     *,
     num_val_images: int = 0,
     size_range: tuple[int, int] = DEFAULT_SIZE_RANGE,
-    max_instances: int = 6,
+    max_instances: int = DEFAULT_MAX_INSTANCES,
 ) -> SyntheticSplits:
     """Write ``out_dir/images/*.jpg``, ``out_dir/train.json`` and, if ``num_val_images``, ``val.json``.
 
-    Image ids run 1..num_images for train and on from there for val. Each image depends only on
-    ``(seed, image_id)`` and the size/instance settings, so the output is deterministic.
+    Image ids run 1..num_images for train and on from there for val. A training image depends only on
+    ``(seed, image_id)`` and a validation image only on ``(seed, its index among the validation images)``
+    (and the size/instance settings), so the output is deterministic, and a larger training set keeps the
+    same validation images.
     """
     if num_images < 1 or num_val_images < 0:
         raise ValueError(
@@ -180,8 +216,8 @@ def generate(
     ann_files = {}
     for split, ids in splits.items():
         images, annotations = [], []
-        for image_id in ids:
-            rng = np.random.default_rng([seed, image_id])
+        for index, image_id in enumerate(ids):
+            rng = np.random.default_rng([seed, image_id] if split == "train" else [seed, _VAL_STREAM, index])
             pixels, anns = _render_image(rng, image_id, size_range, max_instances)
             file_name = f"{image_id:06d}.jpg"
             buffer = io.BytesIO()
@@ -214,27 +250,32 @@ def _splits_at(root: Path) -> SyntheticSplits:
     return SyntheticSplits(root, root / "train.json", root / "images", root / "val.json", root / "images")
 
 
-def default_cache_root() -> Path:
-    """``$FNOISE_MASKRCNN_CACHE/synthetic-v1`` or ``~/.cache/fnoise_maskrcnn/synthetic-v1``."""
+def default_cache_root(num_images: int = DEFAULT_NUM_TRAIN) -> Path:
+    """``$FNOISE_MASKRCNN_CACHE/synthetic-v2-N`` or ``~/.cache/fnoise_maskrcnn/synthetic-v2-N``, N training images."""
     base = os.environ.get("FNOISE_MASKRCNN_CACHE")
     base_path = Path(base) if base else Path.home() / ".cache" / "fnoise_maskrcnn"
-    return base_path / CACHE_VERSION
+    return base_path / f"{CACHE_VERSION}-{num_images}"
 
 
-def default_dataset(root: str | os.PathLike | None = None) -> SyntheticSplits:
-    """The default synthetic dataset (64 train / 16 val images, 192-256 px, seed 0), generated on first use.
+def default_dataset(
+    root: str | os.PathLike | None = None, num_images: int = DEFAULT_NUM_TRAIN
+) -> SyntheticSplits:
+    """The default synthetic dataset, generated on first use: ``num_images`` training images and the fixed
+    64 validation images, 160-192 px, up to 4 shapes each, seed 0.
 
     It is generated into a temporary sibling directory and renamed into place, so an interrupted run never
     leaves a half-written dataset that later runs would reuse. Concurrent first uses are safe: the loser of
     the rename discards its copy.
     """
-    root = Path(root) if root is not None else default_cache_root()
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    root = Path(root) if root is not None else default_cache_root(num_images)
     if (root / "val.json").is_file():
         return _splits_at(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
     try:
-        generate(tmp, DEFAULT_NUM_TRAIN, seed=0, num_val_images=DEFAULT_NUM_VAL)
+        generate(tmp, num_images, seed=0, num_val_images=DEFAULT_NUM_VAL)
         try:
             os.replace(tmp, root)
         except OSError:
@@ -261,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         "--min-size", type=int, default=DEFAULT_SIZE_RANGE[0], help="smallest image side (px)"
     )
     parser.add_argument("--max-size", type=int, default=DEFAULT_SIZE_RANGE[1], help="largest image side (px)")
-    parser.add_argument("--max-instances", type=int, default=6, help="most shapes per image")
+    parser.add_argument(
+        "--max-instances", type=int, default=DEFAULT_MAX_INSTANCES, help="most shapes per image"
+    )
     args = parser.parse_args(argv)
     if args.num_images < 1:
         parser.error("--num-images must be >= 1")
