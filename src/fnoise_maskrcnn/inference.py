@@ -19,6 +19,8 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+from .image_io import to_rgb
+
 __all__ = [
     "ImageError",
     "ImageTooLargeError",
@@ -82,14 +84,15 @@ def open_image(data: bytes, max_pixels: Optional[int] = None, source: str = "ima
 
 
 def decode_image(data: bytes, max_pixels: Optional[int] = None, source: str = "image") -> torch.Tensor:
-    """Decodes image bytes to RGB ``float32 [3, H, W]`` in ``[0, 1]``.
+    """Decodes image bytes to RGB ``float32 [3, H, W]`` in ``[0, 1]``, upright and 8-bit as in training
+    (:func:`fnoise_maskrcnn.image_io.to_rgb`).
 
     Raises:
         ImageError: see :func:`open_image`; also a truncated or corrupt file.
     """
     image = open_image(data, max_pixels, source)
     try:
-        rgb = image.convert("RGB")
+        rgb = to_rgb(image)
     except (OSError, ValueError) as exc:
         raise ImageError(f"{source}: image cannot be decoded ({exc})") from exc
     return F.to_dtype(F.pil_to_tensor(rgb), torch.float32, scale=True)
@@ -115,15 +118,16 @@ def filter_by_score(output: Mapping[str, torch.Tensor], score_thresh: float) -> 
 def predict_batch(
     model: MaskRCNN,
     images: Sequence[torch.Tensor],
-    score_thresh: float = 0.0,
+    score_thresh: Optional[float] = None,
     device: Optional[torch.device] = None,
 ) -> List[Output]:
     """Runs the model (in eval mode) on a batch of images of any sizes.
 
     Args:
         images: ``float32 [3, H_i, W_i]`` in ``[0, 1]``.
-        score_thresh: detections below this score are dropped (after the model's own
-            ``box_score_thresh``).
+        score_thresh: keep detections with ``score >= score_thresh``, also below the model's own
+            ``box_score_thresh``; ``None`` keeps the model's threshold. The threshold is applied inside the
+            model, before masks are pasted at full resolution, so dropped detections cost no memory.
         device: where to run (default: the model's device).
 
     Returns:
@@ -133,7 +137,17 @@ def predict_batch(
     """
     if device is None:
         device = next(model.parameters()).device
-    outputs = model([image.to(device, non_blocking=True) for image in images])
+    model_thresh = model.roi_heads.score_thresh
+    if score_thresh is not None:
+        # torchvision keeps scores strictly above its threshold; the margin keeps scores equal to ours,
+        # and filter_by_score below applies the exact ">=".
+        model.roi_heads.score_thresh = score_thresh - 1e-6
+    try:
+        outputs = model([image.to(device, non_blocking=True) for image in images])
+    finally:
+        model.roi_heads.score_thresh = model_thresh
+    if score_thresh is None:
+        return [{k: v.cpu() for k, v in output.items()} for output in outputs]
     return [filter_by_score({k: v.cpu() for k, v in output.items()}, score_thresh) for output in outputs]
 
 

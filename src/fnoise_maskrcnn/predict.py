@@ -111,8 +111,6 @@ def run(
     torch_device = resolve_device(device)
     model, ckpt = model_from_checkpoint(checkpoint, device=torch_device)
     categories = ckpt["categories"]
-    # The flag means what it says even below the model's own threshold (0.05 by default).
-    model.roi_heads.score_thresh = min(model.roi_heads.score_thresh, score_thresh)
     image_ids = list(image_ids) if image_ids is not None else list(range(1, len(images) + 1))
     names = output_names(images)
     out_dir.mkdir(parents=True, exist_ok=True)

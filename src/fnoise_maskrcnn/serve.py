@@ -40,7 +40,6 @@ from .inference import (
     ImageTooLargeError,
     decode_image,
     draw_overlay,
-    filter_by_score,
     instances_to_json,
     png_bytes,
     predict_batch,
@@ -91,10 +90,11 @@ class ModelService:
         self.epoch = ckpt.get("epoch")
         self._lock = threading.Lock()
 
-    def predict(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Detections for one ``float32 [3, H, W]`` image (see :func:`.inference.predict_batch`)."""
+    def predict(self, image: torch.Tensor, score_thresh: Optional[float] = None) -> Dict[str, torch.Tensor]:
+        """Detections with ``score >= score_thresh`` for one ``float32 [3, H, W]`` image, thresholded inside
+        the model so that dropped detections' masks are never pasted (see :func:`.inference.predict_batch`)."""
         with self._lock:
-            return predict_batch(self.model, [image], device=self.device)[0]
+            return predict_batch(self.model, [image], score_thresh, device=self.device)[0]
 
     def metadata(self) -> Dict[str, Any]:
         transform = self.model.transform
@@ -192,7 +192,7 @@ def create_app(
             raise _bad_request(422, str(exc)) from None
         except ImageError as exc:
             raise _bad_request(415, str(exc)) from None
-        output = filter_by_score(await run_in_threadpool(service.predict, image), thresh)
+        output = await run_in_threadpool(service.predict, image, thresh)
         if fmt == "png":
             overlay = await run_in_threadpool(
                 lambda: png_bytes(draw_overlay(image, output, service.categories))

@@ -18,6 +18,7 @@ The output directory receives ``config.json``, ``metrics.jsonl``, TensorBoard ev
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -54,6 +55,7 @@ from .fnoise import F_NOISE_DISTRIBUTIONS, F_NOISE_MODES, F_NOISE_PRESETS
 from .metrics_log import RunLogger, truncate_metrics
 from .models import ARCHITECTURES, NORMS, build_model
 from .recipes import RECIPE_HELP, RECIPES, recipe_defaults
+from .run_lock import RunLock, RunLockedError, remove_stale_temporaries
 
 __all__ = ["build_parser", "main"]
 
@@ -676,7 +678,10 @@ def _train(run: Run) -> int:
                     record["f_noise_nsr"] = {}
                 is_best = False
                 evaluate = run.val_loader is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs)
+                state.start_epoch(epoch + 1)
+                run.data_rng = DataRng(run._data_seed(epoch + 1))
                 if evaluate:
+                    run.save()  # the trained epoch is on disk before evaluation starts
                     eval_start = time.perf_counter()
                     result = run.evaluate()
                     record["eval_time"] = time.perf_counter() - eval_start
@@ -690,8 +695,6 @@ def _train(run: Run) -> int:
                     segm_ap = dist_utils.all_gather_objects(metrics["segm"]["AP"] if metrics else None)[0]
                     if run.best_metric is None or segm_ap > run.best_metric:
                         run.best_metric, run.best_epoch, is_best = segm_ap, epoch, True
-                state.start_epoch(epoch + 1)
-                run.data_rng = DataRng(run._data_seed(epoch + 1))
                 run.save(best=is_best)
                 run.logger.epoch(record)
                 last_epoch_record = record
@@ -722,13 +725,31 @@ def _train(run: Run) -> int:
     return 0
 
 
+def _lock_output_dir(output_dir: Path) -> RunLock:
+    """Creates ``output_dir``, takes its lock (one training per directory) and removes stale temporaries."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(output_dir).acquire()
+    except RunLockedError as exc:
+        raise UserError(f"--output-dir {exc}") from None
+    except OSError as exc:
+        raise UserError(f"--output-dir {output_dir}: cannot be used as a run directory ({exc.strerror or exc})") from None
+    for path in remove_stale_temporaries(output_dir):
+        print(f"removed {path}, left by an interrupted write", flush=True)
+    return lock
+
+
 def _run(args: argparse.Namespace) -> int:
     ctx = dist_utils.init_distributed(args.device)
+    stack = contextlib.ExitStack()
     try:
         if args.output_dir is None:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             args.output_dir = str(Path("runs") / f"train-{stamp}")
         output_dir = Path(args.output_dir)
+        lock = _lock_output_dir(output_dir) if ctx.is_main and not args.test_only else None
+        if lock is not None:
+            stack.callback(lock.release)
         if not args.resume and not args.test_only and (output_dir / "last.pth").exists():
             raise UserError(f"--output-dir {output_dir} already holds a run (last.pth); "
                             "pass --resume to continue it or choose another directory")  # fmt: skip
@@ -753,6 +774,7 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             run.logger.close()
     finally:
+        stack.close()
         dist_utils.cleanup()
 
 

@@ -37,6 +37,7 @@ from PIL import Image
 from torch import nn, Tensor
 
 from .atomic import atomic_path
+from .image_io import to_rgb
 from .fnoise import F_NOISE_MODES, FNoise
 
 __all__ = [
@@ -327,7 +328,7 @@ def log_fnoise_pictures(
 def _read_image(path: Path) -> Tensor:
     """Reads an image file as ``float32 [3, H, W]`` in ``[0, 1]`` (grey and RGBA converted to RGB)."""
     with Image.open(path) as image:
-        pixels = np.array(image.convert("RGB"), dtype=np.float32) / 255.0
+        pixels = np.array(to_rgb(image), dtype=np.float32) / 255.0
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 from torchvision.datasets import CocoDetection, VisionDataset, wrap_dataset_for_transforms_v2
 from torchvision.transforms.v2 import functional as F
 
+from ..image_io import to_rgb
 from .annotations import DatasetError, check_annotations, load_annotation_file
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class _CocoSource(CocoDetection):
         path = os.path.join(self.root, self.coco.imgs[id]["file_name"])
         try:
             with Image.open(path) as image:
-                image = ImageOps.exif_transpose(image).convert("RGB")
+                image = to_rgb(image)
         except FileNotFoundError:
             raise DatasetError(f"{path}: image file not found") from None
         except (OSError, SyntaxError, ValueError) as e:  # PIL raises all three for corrupt files
