@@ -20,11 +20,13 @@ whether it is within seed noise.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -40,11 +42,13 @@ from .study import (
     RunError,
     Stat,
     describe,
+    _t975,
     difference,
     epoch_series,
     final_epoch,
     final_values,
     group_runs,
+    holm,
     iteration_series,
     load_run,
     smooth,
@@ -80,26 +84,55 @@ PANELS = (
     ("epoch", "segm.AP", "segm AP (val)"),
 )
 
-#: Training flags of ``--train`` before the user's own (which override them): the smallest study that
-#: still shows learning curves (24 iterations per run). At 128 px the RoI heads dominate a CPU step, so
-#: the heads sample fewer RoIs and proposals than torchvision's defaults (512 RoIs per image, 2000/1000
-#: proposals). One run takes about 67 s on an idle 2-core CPU, the 3 seeds x 2 arms about 7 minutes
-#: (references/fnoise/README.md).
-STUDY_TRAIN_FLAGS = (
-    "--model", "mobilenet_v3",
-    "--min-size", "128", "--max-size", "128",
-    "--max-images", "16", "--max-val-images", "8",
-    "--epochs", "3",
-    "--warmup-iters", "8",
-    "--print-freq", "1",
-    "--workers", "0",
-    "--model-kwarg", "box_batch_size_per_image=128",
-    "--model-kwarg", "rpn_post_nms_top_n_train=500",
-    "--model-kwarg", "rpn_post_nms_top_n_test=300",
-    "--model-kwarg", "box_detections_per_img=50",
-)  # fmt: skip
+#: Training flags of ``--train`` before the user's own (which override them). The rest comes from
+#: ``train``'s default recipe (``synthetic``: ResNet-50 with GroupNorm from scratch, 160 px, 3 epochs of
+#: 400 images, about 6.5 minutes a run on a 2-core CPU). One data-loading process keeps resuming bit-exact.
+STUDY_TRAIN_FLAGS = ("--workers", "0", "--print-freq", "10")
 
 ARM_DIRS = (("baseline", False), ("fnoise", True))
+
+#: One arm of a study: its directory name and the training flags that make it.
+ArmSpec = Tuple[str, List[str]]
+
+
+def parse_sweep(text: str) -> Tuple[str, List[str]]:
+    """``"f_noise_std=0.05,0.1"`` -> ``("f_noise_std", ["0.05", "0.1"])``; dashes in the key become underscores."""
+    key, sep, values = text.partition("=")
+    key = key.strip().lstrip("-").replace("-", "_")
+    items = [v.strip() for v in values.split(",")]
+    if not sep or not key.isidentifier() or not all(items):
+        raise argparse.ArgumentTypeError(f"expected KEY=V1,V2,... (a train flag and its values), got {text!r}")
+    return key, items
+
+
+def study_arms(sweeps: Sequence[Tuple[str, Sequence[str]]], baseline: bool = True) -> List[ArmSpec]:
+    """The arms of a study: the baseline (unless ``baseline=False``) and one F-Noise arm per point of the grid.
+
+    Without sweeps the F-Noise arm is ``train --f-noise`` with its defaults. A sweep value may hold several
+    words (``f_noise_levels=0 1,3``: levels "0 1", then "3").
+    """
+    arms: List[ArmSpec] = [("baseline", [])] if baseline else []
+    if not sweeps:
+        return arms + [("fnoise", ["--f-noise"])]
+    for point in itertools.product(*[[(key, value) for value in values] for key, values in sweeps]):
+        name = ",".join(f"{key}={value.replace(' ', '+')}" for key, value in point)
+        flags = ["--f-noise"]
+        for key, value in point:
+            flags += [f"--{key.replace('_', '-')}", *value.split()]
+        arms.append((name, flags))
+    return arms
+
+
+def _run_finished(run_dir: Path) -> bool:
+    """Whether a run has logged all the epochs its ``config.json`` asks for."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except (OSError, ValueError):
+        return False
+    epochs = sum(1 for line in lines if line.strip() and json.loads(line).get("type") == "epoch")
+    wanted = config.get("epochs")
+    return epochs >= 1 and (wanted is None or epochs >= int(wanted))
 
 
 # ----------------------------------------------------------------------------------------- summary
@@ -139,8 +172,10 @@ def summarize(arms: Sequence[Arm]) -> Dict[str, Any]:
                 {"arm": arm.label, "reference": reference.label, "metric": name, **_diff_dict(diff)}
             )
 
+    correction = _apply_holm(differences)
     return {
         "epoch": epoch,
+        "correction": correction,
         "arms": [
             {
                 "label": arm.label,
@@ -153,6 +188,24 @@ def summarize(arms: Sequence[Arm]) -> Dict[str, Any]:
         ],
         "differences": differences,
     }
+
+
+def _apply_holm(differences: List[Dict[str, Any]]) -> Optional[str]:
+    """With more than one F-Noise arm, Holm-adjusts each metric's p-values over the arms (in place).
+
+    The verdict then follows the adjusted p-value (beyond seed noise when it is below 0.05). Returns
+    ``"holm"`` when a correction was applied, else None.
+    """
+    applied = None
+    for metric in dict.fromkeys(d["metric"] for d in differences):
+        family = [d for d in differences if d["metric"] == metric and d["p"] is not None]
+        if len(family) < 2:
+            continue
+        applied = "holm"
+        for diff, adjusted in zip(family, holm([d["p"] for d in family])):
+            diff["p_holm"] = adjusted
+            diff["verdict"] = ("beyond" if adjusted < 0.05 else "within") + " seed noise (Holm)"
+    return applied
 
 
 def _matching_baseline(arm: Arm, arms: Sequence[Arm]) -> Optional[Arm]:
@@ -183,6 +236,9 @@ def _diff_dict(diff: Difference) -> Dict[str, Any]:
         "ci95": None if diff.ci95 is None else list(diff.ci95),
         "paired": diff.paired,
         "n": diff.n,
+        "df": diff.df,
+        "p": diff.p,
+        "p_holm": None,
         "verdict": diff.verdict,
     }
 
@@ -215,22 +271,30 @@ def summary_markdown(summary: Dict[str, Any]) -> str:
         lines.append(f"| {arm['label']} | {len(arm['seeds'])} ({seeds}) | " + " | ".join(cells) + " |")
     lines.append("")
     if summary["differences"]:
+        holm_note = (
+            " With several F-Noise arms, each metric's p-values are Holm-adjusted over the arms (family-wise "
+            "error rate 5%), and the verdict follows the adjusted p-value; the 95% intervals are per arm, "
+            "unadjusted."
+            if summary.get("correction") == "holm"
+            else ""
+        )
         lines += [
-            "Differences from the baseline (F-Noise arm − baseline): mean ± std of the difference over "
-            "seeds, "
-            "95% confidence interval (Student's t), and whether the difference is within seed noise "
-            "(the interval contains 0).",
+            "Differences from the baseline (F-Noise arm − baseline), in the metric's units (AP as a fraction: "
+            "0.01 = 1 AP point): mean ± std of the difference over seeds, 95% confidence interval (Student's "
+            "t), two-sided p-value, and whether the difference is within seed noise." + holm_note,
             "",
-            "| arm | metric | difference | 95% CI | seeds | verdict |",
-            "|---|---|---|---|---|---|",
+            "| arm | metric | difference | 95% CI | p | Holm p | seeds | verdict |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for diff in summary["differences"]:
             spread = "" if diff["std"] is None else f" ± {diff['std']:.4f}"
             interval = "n/a" if diff["ci95"] is None else f"[{diff['ci95'][0]:+.4f}, {diff['ci95'][1]:+.4f}]"
             pairing = "paired" if diff["paired"] else "unpaired"
+            p_value = "n/a" if diff.get("p") is None else f"{diff['p']:.3g}"
+            p_holm = "–" if diff.get("p_holm") is None else f"{diff['p_holm']:.3g}"
             lines.append(
                 f"| {diff['arm']} | {titles[diff['metric']]} | {diff['mean']:+.4f}{spread} | {interval} | "
-                f"{diff['n']} {pairing} | {diff['verdict']} |"
+                f"{p_value} | {p_holm} | {diff['n']} {pairing} | {diff['verdict']} |"
             )
         lines.append("")
     lines += [
@@ -285,8 +349,10 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: Optional[int] = None, tit
         if any(x.size for curves in per_arm for x, _ in curves):
             rows.append((kind, row_title, per_arm))
 
+    ap_points = _final_ap_points(arms)
     columns = len(arms) + 1
-    figure = Figure(figsize=(3.6 * columns, 2.3 * max(len(rows), 1) + 0.8), dpi=60, layout="constrained")
+    height = 2.3 * (max(len(rows), 1) + (ap_points is not None)) + 0.8
+    figure = Figure(figsize=(3.6 * columns, height), dpi=60, layout="constrained")
     seeds = sorted({len(arm.runs) for arm in arms})
     figure.suptitle(
         (title + "\n" if title else "")
@@ -297,7 +363,13 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: Optional[int] = None, tit
     if not rows:
         figure.text(0.5, 0.5, "no metrics logged yet", ha="center", va="center")
         return figure
-    axes = figure.subplots(len(rows), columns, squeeze=False, sharey="row")
+    axes = figure.subplots(len(rows) + (ap_points is not None), columns, squeeze=False, sharey="row")
+    if ap_points is not None:
+        grid = axes[-1, 0].get_gridspec()
+        for ax in axes[-1]:
+            ax.remove()
+        _plot_final_ap(figure.add_subplot(grid[-1, :]), *ap_points)
+        axes = axes[:-1]
     colours = [f"C{i}" for i in range(len(arms))]
     for r, (kind, row_title, per_arm) in enumerate(rows):
         low, high = math.inf, -math.inf
@@ -347,6 +419,47 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: Optional[int] = None, tit
     return figure
 
 
+def _final_ap_points(arms: Sequence[Arm]) -> Optional[Tuple[List[float], List[str], List[List[float]], str]]:
+    """Final segm AP per arm for the "AP vs σ" panel: x positions, tick labels, seed values, x title.
+
+    x is σ when the arms differ only in ``f_noise_std`` (the baseline at σ = 0), else the arm's index.
+    None when no arm has a final segm AP.
+    """
+    epoch = final_epoch(arms)
+    if epoch is None:
+        return None
+    values = [final_values(arm, "segm.AP", epoch)[0] for arm in arms]
+    if not any(values):
+        return None
+    noise_arms = [arm for arm in arms if not arm.is_baseline]
+    stds = [float(arm.key.get("f_noise_std") or 0.0) for arm in noise_arms]
+    by_sigma = len(set(stds)) == len(noise_arms) and all(
+        {k: v for k, v in arm.key.items() if k != "f_noise_std"} == {k: v for k, v in noise_arms[0].key.items()
+                                                                    if k != "f_noise_std"}
+        for arm in noise_arms
+    )  # fmt: skip
+    if by_sigma:
+        xs = [0.0 if arm.is_baseline else float(arm.key.get("f_noise_std") or 0.0) for arm in arms]
+        return xs, [f"{x:g}" for x in xs], values, "F-Noise σ (0: baseline)"
+    return [float(i) for i in range(len(arms))], [arm.label for arm in arms], values, "arm"
+
+
+def _plot_final_ap(ax: Any, xs: List[float], ticks: List[str], values: List[List[float]], x_title: str) -> None:
+    """Mean ± 95% CI of each arm's final segm AP over seeds, with every seed's value as a faint dot."""
+    for i, (x, seed_values) in enumerate(zip(xs, values)):
+        if not seed_values:
+            continue
+        array = np.asarray(seed_values, dtype=np.float64)
+        half = _t975(array.size - 1) * array.std(ddof=1) / math.sqrt(array.size) if array.size > 1 else 0.0
+        ax.plot([x] * array.size, array, "o", color=f"C{i}", alpha=0.3, markersize=4)
+        ax.errorbar([x], [array.mean()], yerr=[half], fmt="s", color=f"C{i}", capsize=4, markersize=6)
+    ax.set_xticks(xs, ticks, fontsize=8)
+    ax.set_xlabel(x_title, fontsize=9)
+    ax.set_ylabel("final segm AP (val)", fontsize=9)
+    ax.set_title("final segm AP per arm: mean ± 95% CI over seeds, seeds as dots", fontsize=10)
+    ax.grid(True, alpha=0.3)
+
+
 # ------------------------------------------------------------------------------------------- train
 def train_arms(
     seeds: Sequence[int],
@@ -354,15 +467,21 @@ def train_arms(
     train_flags: Sequence[str],
     *,
     defaults: Sequence[str] = STUDY_TRAIN_FLAGS,
+    arms: Sequence[ArmSpec] = (("baseline", []), ("fnoise", ["--f-noise"])),
+    jobs: int = 1,
+    devices: Sequence[str] = (),
     python: str = sys.executable,
 ) -> List[Path]:
-    """Trains the baseline and the F-Noise arm for each seed, one ``fnoise_maskrcnn.train`` process at a time.
+    """Trains every arm for each seed, ``jobs`` ``fnoise_maskrcnn.train`` processes at a time; resumable.
 
-    Run ``(arm, seed)`` goes to ``output_dir/<baseline|fnoise>/seed<S>`` with its console output in
-    ``output_dir/logs/<arm>-seed<S>.log``. Both arms get the same flags (``defaults`` then
-    ``train_flags``, so the latter win) and ``--seed S``, so a seed means the same initial weights
-    and data order in both; the F-Noise arm adds ``--f-noise``. Seeds are interleaved (baseline 0,
-    F-Noise 0, baseline 1 ...) so that an interrupted study still holds complete pairs.
+    Run ``(arm, seed)`` goes to ``output_dir/<arm>/seed<S>`` with its console output in
+    ``output_dir/logs/<arm>-seed<S>.log``. Every arm gets the same flags (``defaults`` then
+    ``train_flags``, so the latter win) and ``--seed S``, so a seed means the same initial weights and
+    data order in every arm; then the arm's own flags. Seeds are interleaved (every arm of seed 0, then
+    seed 1 ...) so that an interrupted study still holds complete sets. Run again after an interruption
+    (even ``kill -9``), it keeps finished runs, resumes interrupted ones from their ``last.pth``
+    (``train --resume``) and trains only what is missing. With ``devices``, job ``i`` of those running at
+    once gets ``--device devices[i % len(devices)]``.
 
     Raises:
         RuntimeError: a training run failed (the message names its log file).
@@ -370,25 +489,50 @@ def train_arms(
     output_dir = Path(output_dir)
     logs = output_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    jobs = [(arm, f_noise, seed) for seed in seeds for arm, f_noise in ARM_DIRS]
-    run_dirs = []
-    for number, (arm, f_noise, seed) in enumerate(jobs, start=1):
+    queue = [(number, arm, flags, seed) for number, (seed, (arm, flags)) in
+             enumerate(((seed, arm) for seed in seeds for arm in arms), start=1)]  # fmt: skip
+    free_devices = list(devices)
+
+    def one(job: Tuple[int, str, List[str], int]) -> Path:
+        number, arm, flags, seed = job
         run_dir = output_dir / arm / f"seed{seed}"
-        log = logs / f"{arm}-seed{seed}.log"
-        command = [python, "-m", "fnoise_maskrcnn.train", *defaults, *train_flags,
-                   "--seed", str(seed), "--output-dir", str(run_dir), *(["--f-noise"] if f_noise else [])]
-        print(f"[{number}/{len(jobs)}] {arm} seed {seed} -> {run_dir} (log: {log})", flush=True)
-        start = time.perf_counter()
-        with open(log, "w") as log_file:
-            log_file.write(" ".join(command) + "\n")
-            log_file.flush()
-            code = subprocess.call(command, stdout=log_file, stderr=subprocess.STDOUT)
-        if code != 0:
-            tail = [line for line in log.read_text().splitlines() if line.strip()][-1:]
-            raise RuntimeError(f"training {arm} seed {seed} failed (exit {code}; see {log}): {''.join(tail)}")
-        print(f"    done in {time.perf_counter() - start:.0f} s", flush=True)
-        run_dirs.append(run_dir)
-    return run_dirs
+        if _run_finished(run_dir):
+            print(f"[{number}/{len(queue)}] {arm} seed {seed}: finished before, kept", flush=True)
+            return run_dir
+        device = free_devices.pop(0) if free_devices else None
+        try:
+            _train_one(python, [*defaults, *train_flags], flags, arm, seed, run_dir, logs, number, len(queue), device)
+        finally:
+            if device is not None:
+                free_devices.append(device)
+        return run_dir
+
+    if jobs <= 1:
+        return [one(job) for job in queue]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(one, queue))
+
+
+def _train_one(
+    python: str, common: Sequence[str], arm_flags: Sequence[str], arm: str, seed: int, run_dir: Path,
+    logs: Path, number: int, total: int, device: Optional[str],
+) -> None:  # fmt: skip
+    """One ``train`` process (resumed when ``run_dir`` holds a checkpoint); raises RuntimeError on failure."""
+    log = logs / f"{arm}-seed{seed}.log"
+    resume = (run_dir / "last.pth").is_file()
+    command = [python, "-m", "fnoise_maskrcnn.train", *common, "--seed", str(seed), "--output-dir", str(run_dir),
+               *arm_flags, *(["--device", device] if device else []), *(["--resume"] if resume else [])]  # fmt: skip
+    print(f"[{number}/{total}] {arm} seed {seed} -> {run_dir}{' (resumed)' if resume else ''} (log: {log})",
+          flush=True)  # fmt: skip
+    start = time.perf_counter()
+    with open(log, "a" if resume else "w") as log_file:
+        log_file.write(" ".join(command) + "\n")
+        log_file.flush()
+        code = subprocess.call(command, stdout=log_file, stderr=subprocess.STDOUT)
+    if code != 0:
+        tail = [line for line in log.read_text().splitlines() if line.strip()][-1:]
+        raise RuntimeError(f"training {arm} seed {seed} failed (exit {code}; see {log}): {''.join(tail)}")
+    print(f"    {arm} seed {seed} done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -427,29 +571,46 @@ def _build_parser(train_mode: bool) -> argparse.ArgumentParser:
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to train (default: 0 1 2)"
     )
     study.add_argument(
+        "--sweep", action="append", type=parse_sweep, default=[], metavar="KEY=V1,V2,...",
+        help="an F-Noise arm per value of a train flag (repeatable: a grid), e.g. f_noise_std=0.05,0.1,0.2 "
+        "or f_noise_preset=deepmirror-uniform; without --sweep: one arm with --f-noise",
+    )
+    study.add_argument("--no-baseline", action="store_true", help="train no baseline arm")
+    study.add_argument("--jobs", type=int, default=1, help="trainings at once (default 1)")
+    study.add_argument("--devices", nargs="+", metavar="DEVICE", default=[],
+                       help="devices handed to the jobs in turn, e.g. cuda:0 cuda:1 (default: train's choice)")
+    study.add_argument(
         "--no-study-defaults", action="store_true",
-        help="pass only your own training flags (for real data: the study defaults limit images and size)",
+        help="pass only your own training flags (the study defaults: " + " ".join(STUDY_TRAIN_FLAGS) + ")",
     )
     study.add_argument(
         "--output-dir", type=Path, default=Path("runs/fnoise-study"),
-        help="study directory: runs in OUTPUT_DIR/<baseline|fnoise>/seed<S> (default: runs/fnoise-study)",
+        help="study directory: runs in OUTPUT_DIR/<arm>/seed<S> (default: runs/fnoise-study); running the "
+        "same command again keeps finished runs and resumes interrupted ones",
     )
     return parser
 
 
 def _check_train_flags(
-    parser: argparse.ArgumentParser, defaults: Sequence[str], flags: Sequence[str]
+    parser: argparse.ArgumentParser, defaults: Sequence[str], flags: Sequence[str], arms: Sequence[ArmSpec]
 ) -> None:
-    """Rejects flags compare sets itself, and lets train's parser check the rest before anything runs."""
+    """Rejects flags compare sets itself, and lets train's parser check every arm's flags before anything runs."""
     from .train import build_parser as build_train_parser
 
     for flag in flags:
         name = flag.split("=", 1)[0]
-        if name in ("--seed", "--output-dir", "--resume", "--test-only"):
-            parser.error(f"{name} is set by compare for each run; use --seeds and --output-dir of compare")
+        if name in ("--seed", "--output-dir", "--resume", "--test-only", "--device"):
+            parser.error(f"{name} is set by compare for each run; use --seeds, --output-dir, --devices of compare")
         if name == "--f-noise":
-            parser.error("--f-noise is added by compare to the F-Noise arm only; leave it out")
-    build_train_parser().parse_args([*defaults, *flags, "--seed", "0"])
+            parser.error("--f-noise is added by compare to the F-Noise arms only; leave it out")
+    train_parser = build_train_parser()
+    known = {action.dest for action in train_parser._actions}  # argparse has no public list
+    for name, _ in arms:
+        for key in (part.split("=", 1)[0] for part in name.split(",") if "=" in part):
+            if key not in known or key in ("seed", "output_dir", "resume", "f_noise", "device"):
+                parser.error(f"--sweep {key}: not a training flag compare can sweep")
+    for _, arm_flags in arms:
+        train_parser.parse_args([*defaults, *flags, *arm_flags, "--seed", "0"])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -460,17 +621,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args, train_flags = parser.parse_known_args(argv)
         if len(set(args.seeds)) != len(args.seeds):
             parser.error(f"--seeds must be distinct, got {' '.join(map(str, args.seeds))}")
+        if args.jobs < 1:
+            parser.error(f"--jobs must be >= 1, got {args.jobs}")
+        keys = [key for key, _ in args.sweep]
+        if len(set(keys)) != len(keys):
+            parser.error(f"--sweep: each key once, got {' '.join(keys)}")
+        arms = study_arms(args.sweep, baseline=not args.no_baseline)
         defaults = () if args.no_study_defaults else STUDY_TRAIN_FLAGS
-        _check_train_flags(parser, defaults, train_flags)
+        _check_train_flags(parser, defaults, train_flags, arms)
         out = args.out or args.output_dir / "comparison.png"
-        existing = [args.output_dir / arm / f"seed{s}" for s in args.seeds for arm, _ in ARM_DIRS]
-        existing = [d for d in existing if (d / "last.pth").exists()]
-        if existing:
-            parser.error(
-                f"--output-dir {args.output_dir} already holds runs ({existing[0]}); choose another directory"
-            )
         try:
-            run_dirs = train_arms(args.seeds, args.output_dir, train_flags, defaults=defaults)
+            run_dirs = train_arms(args.seeds, args.output_dir, train_flags, defaults=defaults, arms=arms,
+                                  jobs=args.jobs, devices=args.devices)  # fmt: skip
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

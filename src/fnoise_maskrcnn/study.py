@@ -43,7 +43,8 @@ F_NOISE_KEYS = ("f_noise", "f_noise_std", "f_noise_mode", "f_noise_dist", "f_noi
 #: config.json keys that never make two runs different arms: the seed, bookkeeping that does not change
 #: what is learnt, and ``model_config`` (derived from the flags that are compared themselves).
 DEFAULT_IGNORED_KEYS = (
-    "seed", "output_dir", "resume", "print_freq", "visualize_every", "workers", "threads", "test_only", "eval_every",
+    "seed", "output_dir", "resume", "print_freq", "visualize_every", "workers", "threads", "device", "test_only",
+    "eval_every",
     "model_config",
 )
 
@@ -121,6 +122,8 @@ class Difference:
         paired: whether the same seeds were compared pairwise (same initial weights and data order).
         n: number of pairs (paired) or ``min(n1, n2)``.
         verdict: ``"within seed noise"``, ``"beyond seed noise"`` or ``"seed noise unknown (one seed)"``.
+        df: degrees of freedom of the t statistic (``None`` with a single seed).
+        p: two-sided p-value of "no difference" from Student's t (``None`` with a single seed).
     """
 
     mean: float
@@ -130,6 +133,8 @@ class Difference:
     paired: bool
     n: int
     verdict: str
+    df: Optional[float] = None
+    p: Optional[float] = None
 
 
 def _read_json(path: Path) -> Any:
@@ -350,6 +355,54 @@ def _t975(df: float) -> float:
     return _T975[int(math.floor(df)) - 1]  # rounding df down is conservative
 
 
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularised incomplete beta function (modified Lentz's method)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):  # fmt: skip
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= d * c
+        if abs(d * c - 1.0) < 1e-14:
+            break
+    return result
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta function ``I_x(a, b)``."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """Two-sided p-value ``P(|T| >= |t|)`` of Student's t with ``df`` degrees of freedom."""
+    if math.isinf(t):
+        return 0.0
+    return _betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def holm(p_values: Sequence[float]) -> List[float]:
+    """Holm's step-down adjustment of ``p_values`` (family-wise error rate), in the input order."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def difference(arm: Stat, reference: Stat) -> Difference:
     """``arm - reference`` with a 95% confidence interval over seeds.
 
@@ -379,4 +432,5 @@ def difference(arm: Stat, reference: Stat) -> Difference:
     half = _t975(df) * stderr
     ci = (mean - half, mean + half)
     verdict = "within seed noise" if ci[0] <= 0.0 <= ci[1] else "beyond seed noise"
-    return Difference(mean, std, stderr, ci, paired, n, verdict)
+    p = t_two_sided_p(mean / stderr, df) if stderr > 0 else (1.0 if mean == 0 else 0.0)
+    return Difference(mean, std, stderr, ci, paired, n, verdict, df, p)
