@@ -118,7 +118,7 @@ def test_recipes_resolve_to_their_values_and_explicit_flags_win():
     assert dict(args.model_kwarg) == dict(LIGHT_HEADS)
 
     args = train.parse_args(["--lr", "0.005", "--norm", "bn", "--model-kwarg", "box_batch_size_per_image=32"])
-    assert (args.recipe, args.lr, args.norm, args.min_size) == ("synthetic", 0.005, "bn", 256)
+    assert (args.recipe, args.lr, args.norm, args.min_size) == ("synthetic", 0.005, "bn", 160)
     assert dict(args.model_kwarg)["box_batch_size_per_image"] == 32  # the later value wins in the model's kwargs
 
     args = train.parse_args(["--data-path", "somewhere"])

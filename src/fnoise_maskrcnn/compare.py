@@ -51,6 +51,7 @@ from .study import (
     holm,
     iteration_series,
     load_run,
+    sigma_of,
     smooth,
 )
 from .atomic import write_text_atomic
@@ -432,14 +433,14 @@ def _final_ap_points(arms: Sequence[Arm]) -> Optional[Tuple[List[float], List[st
     if not any(values):
         return None
     noise_arms = [arm for arm in arms if not arm.is_baseline]
-    stds = [float(arm.key.get("f_noise_std") or 0.0) for arm in noise_arms]
+    stds = [sigma_of(arm.key.get("f_noise_std")) for arm in noise_arms]
     by_sigma = len(set(stds)) == len(noise_arms) and all(
         {k: v for k, v in arm.key.items() if k != "f_noise_std"} == {k: v for k, v in noise_arms[0].key.items()
                                                                     if k != "f_noise_std"}
         for arm in noise_arms
     )  # fmt: skip
     if by_sigma:
-        xs = [0.0 if arm.is_baseline else float(arm.key.get("f_noise_std") or 0.0) for arm in arms]
+        xs = [0.0 if arm.is_baseline else sigma_of(arm.key.get("f_noise_std")) for arm in arms]
         return xs, [f"{x:g}" for x in xs], values, "F-Noise σ (0: baseline)"
     return [float(i) for i in range(len(arms))], [arm.label for arm in arms], values, "arm"
 

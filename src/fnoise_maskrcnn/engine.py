@@ -268,6 +268,23 @@ def _f_noise_of(model: nn.Module) -> Optional[FNoise]:
     return f_noise if isinstance(f_noise, FNoise) and f_noise.std > 0 else None
 
 
+def _sigma_in_force(f_noise: Optional[FNoise]) -> Optional[float | Dict[str, float]]:
+    """F-Noise's sigma this iteration: a number, or ``{level: sigma}`` with per-level sigmas; None without F-Noise."""
+    if f_noise is None:
+        return None
+    if f_noise.level_std:
+        return {level: f_noise.std_for(level) for level in f_noise.level_std}
+    return f_noise.std * f_noise.scale
+
+
+def _sigma_scalars(sigma: Optional[float | Dict[str, float]]) -> Dict[str, float]:
+    if sigma is None:
+        return {}
+    if isinstance(sigma, dict):
+        return {f"f_noise_std/{level}": value for level, value in sigma.items()}
+    return {"f_noise_std": sigma}
+
+
 def _noise_to_signal(f_noise: FNoise) -> Dict[str, float]:
     """``||perturbation|| / ||input||`` per recorded level (over the whole batch)."""
     ratios = {}
@@ -307,6 +324,7 @@ def train_one_epoch(
     clip_grad: float = 0.0,
     print_freq: int = 20,
     on_iteration: Optional[Callable[[int, Sequence[Tensor]], None]] = None,
+    f_noise_schedule: Optional[Callable[[int], float]] = None,
 ) -> None:
     """Trains over ``data_loader`` (the rest of epoch ``state.epoch``), updating ``state`` in place.
 
@@ -322,6 +340,8 @@ def train_one_epoch(
         data_rng: the data-loading random stream (see :class:`DataRng`).
         iters_in_epoch: the epoch's full number of batches (for the ETA and progress display).
         on_iteration: called as ``on_iteration(global_iteration, images)`` after each update (pictures).
+        f_noise_schedule: multiplier of F-Noise's sigma as a function of the global iteration, set before
+            each forward pass; the sigma in force is logged as ``f_noise_std``.
 
     Raises:
         NonFiniteLossError: the loss of an iteration is not finite; that iteration made no update, so
@@ -345,6 +365,8 @@ def train_one_epoch(
         if f_noise is not None and logged:
             f_noise.record = True
 
+        if f_noise is not None and f_noise_schedule is not None:
+            f_noise.scale = f_noise_schedule(state.iteration)
         with autocast(device, amp):
             loss_dict = model(images, targets)
         losses = sum(loss_dict.values())
@@ -394,9 +416,12 @@ def train_one_epoch(
         state.loss_count += 1
 
         iteration_time = time.perf_counter() - end
-        logger.scalars({**values, "lr": lr}, state.iteration, prefix="train/")
+        sigma = _sigma_in_force(f_noise)
+        logger.scalars({**values, "lr": lr, **_sigma_scalars(sigma)}, state.iteration, prefix="train/")
         if logged:
             record = {"epoch": state.epoch, "iteration": state.iteration, "lr": lr, **values}
+            if sigma is not None:
+                record["f_noise_std"] = sigma
             record.update(time=iteration_time, data_time=data_time)
             logger.iteration(record)
             if dist_utils.is_main_process():

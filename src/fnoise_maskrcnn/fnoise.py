@@ -2,15 +2,17 @@
 
 import math
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn, Tensor
 
-__all__ = ["FNoise", "F_NOISE_MODES", "F_NOISE_DISTRIBUTIONS", "F_NOISE_PRESETS"]
+__all__ = ["FNoise", "FNoiseSchedule", "F_NOISE_MODES", "F_NOISE_DISTRIBUTIONS", "F_NOISE_PRESETS", "F_NOISE_SCHEDULES"]
 
 F_NOISE_MODES = ("elementwise", "channel", "sample", "tensor")
 F_NOISE_DISTRIBUTIONS = ("gaussian", "uniform")
+F_NOISE_SCHEDULES = ("constant", "linear", "cosine", "step")
 _SQRT3 = math.sqrt(3.0)
 
 #: Named F-Noise settings that reproduce definitions used elsewhere. ``deepmirror-uniform``: the original
@@ -53,7 +55,10 @@ relative noise either way,
     numbers drawn. The module has no parameters or buffers, so it adds nothing to a ``state_dict``.
 
     Args:
-        std: noise scale ``sigma``, finite and ``>= 0``.
+        std: noise scale ``sigma``, finite and ``>= 0``; or a mapping level name -> sigma (e.g.
+            ``{"0": 0.0, "3": 0.2}``): only the named levels are perturbed, each with its own sigma, and a
+            level with sigma 0 is passed through untouched at no cost. :attr:`scale` multiplies every
+            sigma (a schedule sets it per iteration; 1 by default).
         mode: one of ``"elementwise"``, ``"channel"``, ``"sample"``, ``"tensor"``.
         distribution: ``"gaussian"`` or ``"uniform"``: the law of ``eps`` (unit variance either way).
         levels: names of the feature maps to perturb when the input is a dict (e.g. ``("3",)`` for
@@ -74,12 +79,13 @@ relative noise either way,
 
     generator: Optional[torch.Generator]
     levels: Optional[List[str]]
+    level_std: Dict[str, float]
     recorded_inputs: Dict[str, Tensor]
     recorded_perturbations: Dict[str, Tensor]
 
     def __init__(
         self,
-        std: float = 0.1,
+        std: Union[float, Mapping[str, float]] = 0.1,
         mode: str = "elementwise",
         levels: Optional[Sequence[str]] = None,
         *,
@@ -89,8 +95,17 @@ relative noise either way,
         record: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(std, bool) or not isinstance(std, (int, float)) or not math.isfinite(std) or std < 0:
-            raise ValueError(f"f_noise std must be a finite number >= 0, got {std!r}")
+        level_std: Dict[str, float] = {}
+        if isinstance(std, Mapping):
+            if levels is not None:
+                raise ValueError("f_noise: give either a per-level std mapping or levels, not both")
+            if not std:
+                raise ValueError("f_noise std mapping must name at least one level")
+            level_std = {str(level): _check_std(value) for level, value in std.items()}
+            levels = list(level_std)
+            std = max(level_std.values())
+        else:
+            std = _check_std(std)
         if mode not in F_NOISE_MODES:
             raise ValueError(f"f_noise mode must be one of {', '.join(F_NOISE_MODES)}; got {mode!r}")
         if distribution not in F_NOISE_DISTRIBUTIONS:
@@ -111,6 +126,9 @@ relative noise either way,
                         f"allowed: {', '.join(str(a) for a in available_levels)}"
                     )
         self.std = float(std)
+        self.level_std = level_std
+        #: Multiplier of every sigma, set per iteration by a schedule (see :class:`FNoiseSchedule`).
+        self.scale = 1.0
         self.mode = mode
         self.distribution = distribution
         self.levels = levels
@@ -119,16 +137,24 @@ relative noise either way,
         self.recorded_inputs = {}
         self.recorded_perturbations = {}
 
+    def std_for(self, name: str) -> float:
+        """The sigma in force for level ``name`` (0 for levels not perturbed), schedule scale included."""
+        levels = self.levels
+        if levels is not None and name not in levels:
+            return 0.0
+        base = self.level_std[name] if name in self.level_std else self.std
+        return base * self.scale
+
     def forward(self, x: Union[Tensor, Dict[str, Tensor]]) -> Union[Tensor, Dict[str, Tensor]]:
         if isinstance(x, Tensor):
-            if not self.training or self.std == 0.0:
+            if not self.training or self.std * self.scale == 0.0:
                 return x
-            return self.perturb(x, "")
+            return self._perturb(x, "", self.std * self.scale)
         return self.perturb_features(x)
 
     def perturb_features(self, features: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """Perturbs the selected levels of a backbone body's output; returns a new ordered dict."""
-        if not self.training or self.std == 0.0:
+        if not self.training or self.std * self.scale == 0.0:
             return features
         levels = self.levels
         if levels is not None:
@@ -137,23 +163,25 @@ relative noise either way,
                     raise ValueError(f"unknown f_noise level {level}; allowed: {', '.join(features.keys())}")
         out: Dict[str, Tensor] = OrderedDict()
         for name, feature in features.items():
-            if levels is None or name in levels:
-                out[name] = self.perturb(feature, name)
-            else:
-                out[name] = feature
+            std = self.std_for(name)
+            out[name] = self._perturb(feature, name, std) if std > 0.0 else feature  # sigma 0 costs nothing
         return out
 
     def perturb(self, x: Tensor, name: str) -> Tensor:
-        """Returns ``x + std * m(x) * eps`` for one ``[N, C, H, W]`` map, recording it under ``name``."""
+        """Returns ``x + sigma * m(x) * eps`` for one ``[N, C, H, W]`` map with the sigma of level ``name``
+        (:meth:`std_for`; any name with a scalar ``std`` and no ``levels``), recording it under ``name``."""
+        return self._perturb(x, name, self.std_for(name))
+
+    def _perturb(self, x: Tensor, name: str, std: float) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"FNoise expects feature maps of shape [N, C, H, W], got {list(x.shape)}")
         uniform = self.distribution == "uniform"
         if self.mode == "elementwise":
             if uniform:
-                half_width = self.std * math.sqrt(3.0)
+                half_width = std * math.sqrt(3.0)
                 factor = torch.empty_like(x).uniform_(1.0 - half_width, 1.0 + half_width, generator=self.generator)
             else:
-                factor = torch.empty_like(x).normal_(1.0, self.std, generator=self.generator)
+                factor = torch.empty_like(x).normal_(1.0, std, generator=self.generator)
             y = x * factor
         else:
             if self.mode == "channel":
@@ -167,7 +195,7 @@ relative noise either way,
                 eps = torch.empty_like(x).uniform_(-math.sqrt(3.0), math.sqrt(3.0), generator=self.generator)
             else:
                 eps = torch.empty_like(x).normal_(0.0, 1.0, generator=self.generator)
-            y = torch.addcmul(x, magnitude, eps, value=self.std)
+            y = torch.addcmul(x, magnitude, eps, value=std)
         if self.record:
             self.recorded_inputs[name] = x.detach()
             self.recorded_perturbations[name] = (y - x).detach()
@@ -180,4 +208,59 @@ relative noise either way,
 
     def extra_repr(self) -> str:
         levels = "all" if self.levels is None else ",".join(self.levels)
-        return f"std={self.std}, mode={self.mode}, distribution={self.distribution}, levels={levels}"
+        std = self.level_std if self.level_std else self.std
+        return f"std={std}, mode={self.mode}, distribution={self.distribution}, levels={levels}"
+
+
+def _check_std(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"f_noise std must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class FNoiseSchedule:
+    """F-Noise's sigma over training, as a multiplier of the configured sigma (:attr:`FNoise.scale`).
+
+    A pure function of the global iteration, so a resumed run continues it exactly. From 1 at iteration 0
+    to ``end_factor`` at the last iteration (``total_iters - 1``):
+
+    - ``"constant"``: 1 throughout;
+    - ``"linear"``: a straight line;
+    - ``"cosine"``: a half cosine (flat at both ends);
+    - ``"step"``: jumps at the start of each epoch in ``step_epochs``, in equal steps, reaching
+      ``end_factor`` at the last of them.
+
+    With ``warmup_iters`` the multiplier is also ramped up linearly from 0 over the first iterations.
+    """
+
+    kind: str = "constant"
+    end_factor: float = 1.0
+    total_iters: int = 1
+    iters_per_epoch: int = 1
+    step_epochs: Tuple[int, ...] = ()
+    warmup_iters: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in F_NOISE_SCHEDULES:
+            raise ValueError(f"f_noise schedule must be one of {', '.join(F_NOISE_SCHEDULES)}; got {self.kind!r}")
+        if self.kind == "step" and not self.step_epochs:
+            raise ValueError("the step f_noise schedule needs the epochs at which sigma steps")
+        if not (math.isfinite(self.end_factor) and self.end_factor >= 0):
+            raise ValueError(f"f_noise schedule end factor must be a finite number >= 0, got {self.end_factor}")
+
+    def __call__(self, iteration: int) -> float:
+        progress = min(iteration, self.total_iters - 1) / max(self.total_iters - 1, 1)
+        if self.kind == "linear":
+            factor = 1.0 + (self.end_factor - 1.0) * progress
+        elif self.kind == "cosine":
+            factor = self.end_factor + (1.0 - self.end_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        elif self.kind == "step":
+            epoch = iteration // max(self.iters_per_epoch, 1)
+            passed = sum(1 for step in self.step_epochs if epoch >= step)
+            factor = 1.0 + (self.end_factor - 1.0) * passed / len(self.step_epochs)
+        else:
+            factor = 1.0
+        if self.warmup_iters > 0 and iteration < self.warmup_iters:
+            factor *= iteration / self.warmup_iters
+        return factor

@@ -190,7 +190,7 @@ def _build(
     weights_backbone: WeightsArg,
     trainable_backbone_layers: Optional[int],
     use_f_noise: bool,
-    f_noise_std: float,
+    f_noise_std: Union[float, Mapping[str, float]],
     f_noise_mode: str,
     f_noise_levels: Optional[Sequence[str]],
     f_noise_distribution: str = "gaussian",
@@ -283,7 +283,8 @@ def _build(
         "anchor_sizes": anchor_sizes,
         "f_noise": {
             "enabled": bool(use_f_noise),
-            "std": float(f_noise_std),
+            "std": {str(k): float(v) for k, v in f_noise_std.items()} if isinstance(f_noise_std, Mapping)
+            else float(f_noise_std),
             "mode": f_noise_mode,
             "distribution": f_noise_distribution,
             "levels": None if f_noise_levels is None else [str(level) for level in f_noise_levels],
@@ -306,7 +307,7 @@ def maskrcnn_resnet50_fpn(
     weights_backbone: WeightsArg = ResNet50_Weights.IMAGENET1K_V1,
     trainable_backbone_layers: Optional[int] = None,
     use_f_noise: bool = False,
-    f_noise_std: float = 0.1,
+    f_noise_std: Union[float, Mapping[str, float]] = 0.1,
     f_noise_mode: str = "elementwise",
     f_noise_levels: Optional[Sequence[str]] = None,
     f_noise_distribution: str = "gaussian",
@@ -338,7 +339,8 @@ def maskrcnn_resnet50_fpn(
             default 3 with pretrained weights, 5 without.
         use_f_noise: perturb the backbone body's features with :class:`~fnoise_maskrcnn.FNoise`
             while training.
-        f_noise_std: the noise scale ``sigma`` (finite, ``>= 0``).
+        f_noise_std: the noise scale ``sigma`` (finite, ``>= 0``), or a mapping level -> sigma such as
+            ``{"0": 0.05, "3": 0.2}`` (levels not named are untouched; give no ``f_noise_levels`` then).
         f_noise_mode: ``"elementwise"``, ``"channel"``, ``"sample"`` or ``"tensor"``.
         f_noise_distribution: ``"gaussian"`` or ``"uniform"`` (see :class:`~fnoise_maskrcnn.FNoise`).
         f_noise_levels: names of the body outputs to perturb, among ``"0"`` (C2) ... ``"3"`` (C5);
@@ -381,7 +383,7 @@ def maskrcnn_mobilenet_v3_large_fpn(
     weights_backbone: WeightsArg = MobileNet_V3_Large_Weights.IMAGENET1K_V1,
     trainable_backbone_layers: Optional[int] = None,
     use_f_noise: bool = False,
-    f_noise_std: float = 0.1,
+    f_noise_std: Union[float, Mapping[str, float]] = 0.1,
     f_noise_mode: str = "elementwise",
     f_noise_levels: Optional[Sequence[str]] = None,
     f_noise_distribution: str = "gaussian",
@@ -439,7 +441,7 @@ def build_model(
         weights_backbone=weights_backbone,
         trainable_backbone_layers=config.get("trainable_backbone_layers"),
         use_f_noise=bool(f_noise.get("enabled", False)),
-        f_noise_std=float(f_noise.get("std", 0.1)),
+        f_noise_std=f_noise.get("std", 0.1),
         f_noise_mode=f_noise.get("mode", "elementwise"),
         f_noise_levels=f_noise.get("levels"),
         f_noise_distribution=f_noise.get("distribution", "gaussian"),

@@ -218,6 +218,13 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+def sigma_of(std: Any) -> float:
+    """A run's ``f_noise_std`` as one number: itself, or the largest of its per-level sigmas (0 if unset)."""
+    if isinstance(std, dict):
+        return max((float(v) for v in std.values()), default=0.0)
+    return float(std or 0.0)
+
+
 def _label(key: Mapping[str, Any]) -> str:
     if key.get("f_noise"):
         levels = key.get("f_noise_levels")
@@ -226,7 +233,10 @@ def _label(key: Mapping[str, Any]) -> str:
         else:
             where = ("level " if len(levels) == 1 else "levels ") + ", ".join(str(level) for level in levels)
         std = key.get("f_noise_std")
-        sigma = "?" if std is None else f"{float(std):g}"
+        if isinstance(std, dict):
+            sigma = "{" + ", ".join(f"{level}: {float(value):g}" for level, value in std.items()) + "}"
+        else:
+            sigma = "?" if std is None else f"{float(std):g}"
         form = key.get("f_noise_mode", "elementwise")
         if key.get("f_noise_dist", "gaussian") != "gaussian":
             form += f", {key['f_noise_dist']}"
@@ -270,7 +280,7 @@ def group_runs(runs: Sequence[Run], ignored_keys: Iterable[str] = DEFAULT_IGNORE
         arm.runs.sort(key=lambda r: _canonical(r.seed))
 
     def order(arm: Arm) -> Tuple:
-        std = float(arm.key.get("f_noise_std") or 0.0) if arm.key.get("f_noise") else -1.0
+        std = sigma_of(arm.key.get("f_noise_std")) if arm.key.get("f_noise") else -1.0
         return (not arm.is_baseline, std, arm.label)
 
     return sorted(arms.values(), key=order)

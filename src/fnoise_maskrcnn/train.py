@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import math
 import os
 import random
 import sys
@@ -51,7 +52,7 @@ from .engine import (
     skip_batches,
     train_one_epoch,
 )
-from .fnoise import F_NOISE_DISTRIBUTIONS, F_NOISE_MODES, F_NOISE_PRESETS
+from .fnoise import F_NOISE_DISTRIBUTIONS, F_NOISE_MODES, F_NOISE_PRESETS, F_NOISE_SCHEDULES, FNoiseSchedule
 from .metrics_log import RunLogger, truncate_metrics
 from .models import ARCHITECTURES, NORMS, build_model
 from .recipes import RECIPE_HELP, RECIPES, recipe_defaults
@@ -66,7 +67,8 @@ REFERENCE_LR, REFERENCE_BATCH = 0.02, 16
 FIXED_ON_RESUME = (
     "data_path", "train_ann", "train_images", "val_ann", "val_images", "categories", "max_images",
     "max_val_images", "synthetic_images", "model", "weights", "weights_backbone", "norm", "anchor_sizes", "trainable_backbone_layers", "min_size",
-    "max_size", "f_noise", "f_noise_std", "f_noise_mode", "f_noise_dist", "f_noise_levels", "batch_size", "opt", "seed",
+    "max_size", "f_noise", "f_noise_std", "f_noise_mode", "f_noise_dist", "f_noise_levels", "f_noise_schedule",
+    "f_noise_std_end", "f_noise_step_epochs", "f_noise_warmup_iters", "batch_size", "opt", "seed",
     "lr_scheduler", "lr_steps", "warmup_iters", "scale_jitter", "photometric", "aspect_ratio_group_factor",
     "model_kwarg",
 )  # fmt: skip
@@ -87,6 +89,36 @@ def _model_kwarg(text: str) -> List[Any]:
         return [key, json.loads(value)]
     except json.JSONDecodeError:
         return [key, value]
+
+
+def parse_f_noise_std(values: Sequence[str]) -> float | Dict[str, float]:
+    """``["0.1"]`` -> 0.1; ``["0=0.05", "3=0.2"]`` -> ``{"0": 0.05, "3": 0.2}``; raises ValueError."""
+    if len(values) == 1 and "=" not in values[0]:
+        sigma = float(values[0])
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"expected a finite number >= 0, got {values[0]}")
+        return sigma
+    per_level: Dict[str, float] = {}
+    for item in values:
+        level, sep, text = item.partition("=")
+        if not sep or not level:
+            raise ValueError(f"expected SIGMA or LEVEL=SIGMA ..., got {' '.join(values)}")
+        sigma = float(text)
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"level {level}: expected a finite number >= 0, got {text}")
+        per_level[level] = sigma
+    return per_level
+
+
+class _StdAction(argparse.Action):
+    """Stores ``--f-noise-std`` as a number or a level -> sigma mapping."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:  # fmt: skip
+        try:
+            setattr(namespace, self.dest, parse_f_noise_std(values))
+        except ValueError as exc:
+            parser.error(f"--f-noise-std: {exc}")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -147,7 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     noise = parser.add_argument_group("F-Noise")
     noise.add_argument("--f-noise", action="store_true", help="train with F-Noise between backbone body and FPN")
-    noise.add_argument("--f-noise-std", type=float, default=0.1, help="noise scale sigma")
+    noise.add_argument("--f-noise-std", nargs="+", action=_StdAction, default=0.1, metavar="SIGMA|LEVEL=SIGMA",
+                       help="noise scale sigma, or one per level (e.g. 0=0.05 3=0.2: other levels untouched)")
+    noise.add_argument("--f-noise-schedule", choices=F_NOISE_SCHEDULES, default="constant",
+                       help="sigma over training, from --f-noise-std at the first iteration to --f-noise-std-end "
+                       "at the last (step: at --f-noise-step-epochs)")
+    noise.add_argument("--f-noise-std-end", type=float,
+                       help="sigma at the last iteration (per-level sigmas: of the largest; all scale alike)")
+    noise.add_argument("--f-noise-step-epochs", type=int, nargs="+", metavar="EPOCH", default=[],
+                       help="step schedule: epochs at which sigma steps towards --f-noise-std-end")
+    noise.add_argument("--f-noise-warmup-iters", type=int, default=0, help="ramp sigma up from 0 over N iterations")
     noise.add_argument("--f-noise-mode", choices=F_NOISE_MODES, default="elementwise", help="magnitude estimate")
     noise.add_argument("--f-noise-dist", choices=F_NOISE_DISTRIBUTIONS, default="gaussian",
                        help="law of the unit-variance noise eps (uniform: U(-sqrt3, sqrt3))")
@@ -208,8 +249,16 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.lr is not None and not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
-    if not (args.f_noise_std >= 0 and np.isfinite(args.f_noise_std)):
-        parser.error(f"--f-noise-std must be a finite number >= 0, got {args.f_noise_std}")
+    if args.f_noise_levels and isinstance(args.f_noise_std, dict):
+        parser.error("--f-noise-levels: the per-level --f-noise-std already names the levels; give one of them")
+    if args.f_noise_std_end is not None and not (args.f_noise_std_end >= 0 and math.isfinite(args.f_noise_std_end)):
+        parser.error(f"--f-noise-std-end must be a finite number >= 0, got {args.f_noise_std_end}")
+    if args.f_noise_schedule == "step" and not args.f_noise_step_epochs:
+        parser.error("--f-noise-schedule step needs --f-noise-step-epochs")
+    if args.f_noise_schedule != "constant" and args.f_noise_std_end is None:
+        parser.error(f"--f-noise-schedule {args.f_noise_schedule} needs --f-noise-std-end")
+    if args.f_noise_warmup_iters < 0:
+        parser.error(f"--f-noise-warmup-iters must be >= 0, got {args.f_noise_warmup_iters}")
     if args.min_size and args.max_size and args.min_size > args.max_size:
         parser.error(f"--min-size ({args.min_size}) must not exceed --max-size ({args.max_size})")
     if args.trainable_backbone_layers is not None:
@@ -377,6 +426,20 @@ def _restore_rng(state: Dict[str, Any], f_noise_generator: Optional[torch.Genera
         data_rng.state = state["data"]
 
 
+def _f_noise_schedule(args: argparse.Namespace, iters_per_epoch: int) -> FNoiseSchedule:
+    """The sigma schedule of ``--f-noise-schedule`` and co. (a multiplier of ``--f-noise-std``)."""
+    std = args.f_noise_std
+    base = max(std.values()) if isinstance(std, dict) else float(std)
+    end = args.f_noise_std_end
+    if end is not None and end > 0 and base == 0:
+        raise UserError("--f-noise-std-end: needs a nonzero --f-noise-std to scale")
+    return FNoiseSchedule(
+        args.f_noise_schedule, end / base if end is not None and base > 0 else 1.0,
+        total_iters=iters_per_epoch * args.epochs, iters_per_epoch=iters_per_epoch,
+        step_epochs=tuple(args.f_noise_step_epochs), warmup_iters=args.f_noise_warmup_iters,
+    )  # fmt: skip
+
+
 class Run:
     """One training run: everything built from the arguments, and its checkpointing."""
 
@@ -460,6 +523,7 @@ class Run:
             self.f_noise_generator = torch.Generator(device=self.device)
             self.f_noise_generator.manual_seed(derive_seed(args.seed, _STREAM_F_NOISE, ctx.rank))
             self.model.backbone.f_noise.generator = self.f_noise_generator
+        self.f_noise_schedule = _f_noise_schedule(args, self.iters_per_epoch) if args.f_noise else None
         torch.manual_seed(derive_seed(args.seed, _STREAM_TRAIN, ctx.rank))
         random.seed(derive_seed(args.seed, _STREAM_TRAIN, ctx.rank))
 
@@ -668,6 +732,7 @@ def _train(run: Run) -> int:
                     skip_batches(run.train_loader, state.epoch_iteration), run.data_rng, state, run.device,
                     iters_in_epoch=run.iters_per_epoch, logger=run.logger, stop=stop, scaler=run.scaler,
                     amp=args.amp, clip_grad=args.clip_grad, print_freq=args.print_freq, on_iteration=run.visualize,
+                    f_noise_schedule=run.f_noise_schedule,
                 )  # fmt: skip
                 record: Dict[str, Any] = {
                     "epoch": epoch, "iteration": state.iteration, "train": state.mean_losses(),
