@@ -105,3 +105,19 @@ def test_training_logs_the_scheduled_per_level_sigma(synthetic_coco, tmp_path):
     assert sigmas == [pytest.approx({"0": 0.1 * f, "1": 0.2 * f}) for f in (1.0, 2 / 3, 1 / 3, 0.0)]
     config = json.loads((out / "config.json").read_text())
     assert config["model_config"]["f_noise"]["std"] == {"0": 0.1, "1": 0.2}
+
+
+def test_seed_report_001_preset_adds_hw_noise_around_the_mean_to_c5_only():
+    preset = F_NOISE_PRESETS["seed-report-001"]
+    module = FNoise(preset["std"], preset["mode"], preset["levels"], distribution=preset["distribution"]).train()
+    features = _features()
+    out = module(features)
+    assert all(out[level] is features[level] for level in ("0", "1", "2"))
+    added = out["3"] - features["3"]
+    # one [H, W] plane, the same for every sample and channel
+    assert torch.allclose(added, added[:1, :1].expand_as(added), atol=1e-5)
+    plane = added[0, 0]
+    assert plane.mean().item() == pytest.approx(features["3"].mean().item(), abs=4 * 0.1 / 32)
+    assert plane.std().item() == pytest.approx(0.1, rel=0.15)
+    args = train.parse_args(["--f-noise-preset", "seed-report-001"])
+    assert (args.f_noise, args.f_noise_mode, args.f_noise_levels, args.f_noise_std) == (True, "additive-hw", ["3"], 0.1)

@@ -10,7 +10,7 @@ from torch import nn, Tensor
 
 __all__ = ["FNoise", "FNoiseSchedule", "F_NOISE_MODES", "F_NOISE_DISTRIBUTIONS", "F_NOISE_PRESETS", "F_NOISE_SCHEDULES"]
 
-F_NOISE_MODES = ("elementwise", "channel", "sample", "tensor")
+F_NOISE_MODES = ("elementwise", "channel", "sample", "tensor", "additive-hw")
 F_NOISE_DISTRIBUTIONS = ("gaussian", "uniform")
 F_NOISE_SCHEDULES = ("constant", "linear", "cosine", "step")
 _SQRT3 = math.sqrt(3.0)
@@ -19,6 +19,9 @@ _SQRT3 = math.sqrt(3.0)
 #: task's definition, every backbone feature multiplied by U(0.8, 1.2) (std 0.2/sqrt(3) = 0.115).
 F_NOISE_PRESETS: Dict[str, Dict[str, object]] = {
     "deepmirror-uniform": {"std": 0.2 / _SQRT3, "mode": "elementwise", "distribution": "uniform", "levels": None},
+    # The seed report 001: N(mean(x), 0.1) noise of shape [H, W], broadcast over batch and channels, added to
+    # C5 only; it does not scale with |x| (mode "additive-hw").
+    "seed-report-001": {"std": 0.1, "mode": "additive-hw", "distribution": "gaussian", "levels": ["3"]},
 }
 
 
@@ -47,6 +50,9 @@ relative noise either way,
     - ``"sample"``: root mean square of ``x`` over ``C, H, W`` (the L2 norm divided by
       ``sqrt(C * H * W)``), shape ``[N, 1, 1, 1]``.
     - ``"tensor"``: mean of ``|x|`` over the whole batch tensor, a scalar.
+    - ``"additive-hw"``: not proportional to the magnitude; ``y = x + mean(x) + sigma * eps`` with one
+      ``eps`` of shape ``[H, W]`` broadcast over batch and channels, i.e. noise drawn from
+      ``N(mean(x), sigma^2)`` per pixel: the definition of the seed report 001 (preset ``seed-report-001``).
 
     Gradients flow through ``m(x)``: ``y`` is differentiated as written. For ``"elementwise"`` this
     gives the Gaussian-dropout gradient ``dy/dx = 1 + sigma * sign(x) * eps``.
@@ -183,6 +189,13 @@ relative noise either way,
             else:
                 factor = torch.empty_like(x).normal_(1.0, std, generator=self.generator)
             y = x * factor
+        elif self.mode == "additive-hw":
+            plane = torch.empty(x.shape[2], x.shape[3], dtype=x.dtype, device=x.device)
+            if uniform:
+                plane.uniform_(-math.sqrt(3.0), math.sqrt(3.0), generator=self.generator)
+            else:
+                plane.normal_(0.0, 1.0, generator=self.generator)
+            y = x + (x.mean() + std * plane)
         else:
             if self.mode == "channel":
                 magnitude = x.abs().mean(dim=(2, 3), keepdim=True)

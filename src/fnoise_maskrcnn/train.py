@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="law of the unit-variance noise eps (uniform: U(-sqrt3, sqrt3))")
     noise.add_argument("--f-noise-preset", choices=tuple(F_NOISE_PRESETS),
                        help="turn F-Noise on with a named definition (explicit F-Noise flags override it): "
-                       "deepmirror-uniform multiplies every feature by U(0.8, 1.2)")
+                       "deepmirror-uniform multiplies every feature by U(0.8, 1.2); seed-report-001 adds "
+                       "N(mean(x), 0.1) noise of shape [H, W] to C5")
     noise.add_argument("--f-noise-levels", nargs="+", metavar="LEVEL",
                        help="body outputs to perturb (resnet50: 0 1 2 3; mobilenet_v3: 0 1); default all")
 
