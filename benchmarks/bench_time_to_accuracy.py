@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from _results import write_result
+from record_run import learning_curve
 
 ARMS: Dict[str, List[str]] = {
     "recipe": ["--recipe", "synthetic"],
@@ -46,24 +47,6 @@ def train_arm(name: str, run_dir: Path, epochs: int, extra: Sequence[str]) -> No
         argv.append("--resume")
     print("$ " + " ".join(argv[1:]), flush=True)
     subprocess.run(argv, check=True)
-
-
-def curve(run_dir: Path) -> List[Dict[str, Any]]:
-    """Per evaluated epoch: iterations, cumulative training and wall seconds, bbox and segm AP, val loss."""
-    points, train_s, wall_s = [], 0.0, 0.0
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("type") != "epoch":
-            continue
-        train_s += record["train_time"]
-        wall_s += record["train_time"] + (record.get("eval_time") or 0.0)
-        if record.get("segm"):
-            points.append({
-                "epoch": record["epoch"] + 1, "iterations": record["iteration"],
-                "train_seconds": round(train_s, 1), "wall_seconds": round(wall_s, 1),
-                "bbox_ap": record["bbox"]["AP"], "segm_ap": record["segm"]["AP"], "val_loss": record["val"]["loss"],
-            })  # fmt: skip
-    return points
 
 
 def time_to(points: Sequence[Dict[str, Any]], level: float) -> Optional[Dict[str, Any]]:
@@ -95,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_dir = args.work_dir / name
         epochs = args.epochs if name == "recipe" else args.torchvision_epochs
         train_arm(name, run_dir, epochs, ["--f-noise", *args.train_arg])
-        points = curve(run_dir)
+        points = learning_curve(run_dir)
         config = json.loads((run_dir / "config.json").read_text())
         result["arms"][name] = {
             "command": "python -m fnoise_maskrcnn.train " + " ".join([*ARMS[name], "--f-noise", "--epochs", str(epochs)]),

@@ -1,0 +1,82 @@
+"""Record a finished training run's learning curve as a benchmark result.
+
+Reads ``config.json`` and ``metrics.jsonl`` of a ``python -m fnoise_maskrcnn.train`` run and writes
+``benchmarks/results/<date>-<name>.json``: the command's settings, and per evaluated epoch the iterations,
+cumulative training and wall time (training + evaluation), validation loss and bbox/segm AP, with the peak
+and the final values. Nothing is typed by hand: the figures come from the run's own files::
+
+    python benchmarks/record_run.py runs/balloon --name cpu_scratch_balloon \\
+        --command "python -m fnoise_maskrcnn.train --data-path DATA/balloon --recipe cpu-scratch --f-noise"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from _results import write_result
+
+#: config.json keys worth keeping beside the curve (the rest is derivable from the command).
+CONFIG_KEYS = (
+    "recipe", "model", "norm", "min_size", "max_size", "batch_size", "epochs", "opt", "lr", "lr_scheduler",
+    "warmup_iters", "amp", "f_noise", "f_noise_std", "f_noise_mode", "num_train_images", "num_val_images",
+    "iters_per_epoch", "anchor_sizes", "model_kwarg", "seed",
+)  # fmt: skip
+
+
+def learning_curve(run_dir: Path) -> List[Dict[str, Any]]:
+    """Per evaluated epoch: epoch (1-based), iterations, train/wall seconds so far, val loss, bbox/segm AP."""
+    points, train_s, wall_s = [], 0.0, 0.0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("type") != "epoch":
+            continue
+        train_s += record["train_time"]
+        wall_s += record["train_time"] + (record.get("eval_time") or 0.0)
+        if record.get("segm"):
+            points.append({
+                "epoch": record["epoch"] + 1, "iterations": record["iteration"],
+                "train_seconds": round(train_s, 1), "wall_seconds": round(wall_s, 1),
+                "train_loss": round(record["train"]["loss"], 4), "val_loss": round(record["val"]["loss"], 4),
+                "bbox_ap": round(record["bbox"]["AP"], 4), "segm_ap": round(record["segm"]["AP"], 4),
+            })  # fmt: skip
+    return points
+
+
+def summary(points: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """The peak and final segm AP (with where they were reached)."""
+    if not points:
+        return {"peak": None, "final": None}
+    peak = max(points, key=lambda p: p["segm_ap"])
+    return {"peak": peak, "final": points[-1]}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="the run's --output-dir")
+    parser.add_argument("--name", required=True, help="result name (file: benchmarks/results/<date>-<name>.json)")
+    parser.add_argument("--command", required=True, help="the command that trained the run, to reproduce it")
+    parser.add_argument("--note", default="", help="anything a reader needs to know (e.g. the machine was busy)")
+    args = parser.parse_args(argv)
+    for name in ("config.json", "metrics.jsonl"):
+        if not (args.run_dir / name).is_file():
+            parser.error(f"{args.run_dir}: no {name}; not a training run directory")
+    config = json.loads((args.run_dir / "config.json").read_text())
+    points = learning_curve(args.run_dir)
+    result = {
+        "command": args.command,
+        "settings": {key: config.get(key) for key in CONFIG_KEYS},
+        "curve": points,
+        **summary(points),
+        "note": args.note,
+    }
+    print(json.dumps(result, indent=2))
+    print(f"wrote {write_result(args.name, result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
