@@ -92,7 +92,7 @@ def test_high_threshold_gives_empty_results(inference_checkpoint, val_images, tm
 
 
 def test_threshold_below_the_models_own_is_honoured(inference_checkpoint, val_images, tmp_path):
-    """--score-thresh 0.01 lowers the model's box_score_thresh (0.05), so more detections come back."""
+    """--score-thresh 0.001 lowers the model's box_score_thresh (0.05), so more detections come back."""
     model, _ = model_from_checkpoint(inference_checkpoint)
     path = val_images[0][1]
     default_count = len(predict_batch(model, [read_image(path)])[0]["scores"])
@@ -105,7 +105,7 @@ def test_threshold_below_the_models_own_is_honoured(inference_checkpoint, val_im
                 "--out-dir",
                 str(tmp_path),
                 "--score-thresh",
-                "0.01",
+                "0.001",
             ]
         )
         == 0
