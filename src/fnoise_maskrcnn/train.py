@@ -289,15 +289,24 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"--device {args.device}: CUDA is not available on this machine")
 
 
+class _ArgvError(Exception):
+    """A command-line error found while looking for the explicit flags (reported by the full parse)."""
+
+
 def _explicit_flags(argv: Optional[Sequence[str]]) -> Dict[str, Any]:
     """The options given on the command line (not defaults), as ``{dest: value}``."""
     parser = build_parser()
     for action in parser._actions:  # argparse has no public way to list them
         action.default = argparse.SUPPRESS
     argv = sys.argv[1:] if argv is None else list(argv)
+
+    def quiet(message: str) -> None:  # the full parser reports the error (or prints --help) itself
+        raise _ArgvError(message)
+
+    parser.error = quiet  # type: ignore[method-assign]
     try:
         return vars(parser.parse_args([arg for arg in argv if arg not in ("-h", "--help")]))
-    except SystemExit:  # let the full parser report the error (or print --help) itself
+    except _ArgvError:
         return {}
 
 
