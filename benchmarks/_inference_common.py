@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import List
 
@@ -11,7 +12,8 @@ import torch
 from fnoise_maskrcnn import maskrcnn_resnet50_fpn
 from fnoise_maskrcnn.checkpoint import save_checkpoint
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: The real sets (coco128/, balloon/, dsb2018_stage1test/): the folder FNOISE_MASKRCNN_DATA names, if set.
+DATA_DIR = Path(os.environ["FNOISE_MASKRCNN_DATA"]) if os.environ.get("FNOISE_MASKRCNN_DATA") else None
 
 
 def write_random_checkpoint(
@@ -60,9 +62,9 @@ def write_random_checkpoint(
 
 
 def benchmark_images(count: int) -> List[Path]:
-    """``count`` real images: coco128's val images when present, else the synthetic dataset's."""
-    ann = SHARED_DATA / "coco128" / "val.json"
-    if ann.is_file():
+    """``count`` real images: coco128's val images (in ``$FNOISE_MASKRCNN_DATA``), else synthetic ones."""
+    ann = DATA_DIR / "coco128" / "val.json" if DATA_DIR is not None else None
+    if ann is not None and ann.is_file():
         images = sorted(json.loads(ann.read_text())["images"], key=lambda img: img["id"])
         return [ann.parent / "images" / img["file_name"] for img in images[:count]]
     from fnoise_maskrcnn.data.synthetic import default_dataset

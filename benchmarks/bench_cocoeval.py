@@ -1,6 +1,6 @@
 """pycocotools against faster-coco-eval on the same detections: identical numbers? how much faster?
 
-The ground truth is coco128's val.json (``<repo>/../shared/data/coco128``, 128 images, 80 categories,
+The ground truth is coco128's val.json (``$FNOISE_MASKRCNN_DATA/coco128``, 128 images, 80 categories,
 crowd annotations included) or, when absent, the synthetic dataset. The detections are made from
 the ground truth so that every COCOeval code path is exercised: each object is found with
 probability 0.8 with a jittered box, a mask shifted by a few pixels, a random score and sometimes a
@@ -16,6 +16,7 @@ import contextlib
 import copy
 import io
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -25,7 +26,8 @@ from pycocotools import mask as mask_utils
 
 from fnoise_maskrcnn.evaluate import BACKENDS, run_cocoeval
 
-COCO128_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / "val.json"
+_DATA_DIR = os.environ.get("FNOISE_MASKRCNN_DATA")
+COCO128_VAL = Path(_DATA_DIR) / "coco128" / "val.json" if _DATA_DIR else None
 
 
 def make_detections(dataset: dict, seed: int = 0) -> list:
@@ -90,7 +92,8 @@ def make_detections(dataset: dict, seed: int = 0) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ann", type=Path, default=COCO128_VAL if COCO128_VAL.is_file() else None)
+    has_coco128 = COCO128_VAL is not None and COCO128_VAL.is_file()
+    parser.add_argument("--ann", type=Path, default=COCO128_VAL if has_coco128 else None)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if args.ann is None:

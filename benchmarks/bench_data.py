@@ -9,7 +9,9 @@ Both run through the same ``DataLoader`` (batch size 2, detection collate) over 
 (default: coco128 train, 103 images), with ``workers`` 0 and 2; the variants are interleaved pass by
 pass and the medians of ``--passes`` full passes are compared. Both produce the same masks (checked).
 
-    python benchmarks/bench_data.py [--data ../shared/data/coco128] [--split train] [--passes 5]
+    python benchmarks/bench_data.py [--data DIR] [--split train] [--passes 5]
+
+``--data`` defaults to ``$FNOISE_MASKRCNN_DATA/coco128``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -30,7 +33,8 @@ from torchvision.transforms.v2 import functional as F
 
 from fnoise_maskrcnn.data import CocoInstances, build_transforms, collate_fn
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128"
+_DATA_DIR = os.environ.get("FNOISE_MASKRCNN_DATA")
+DEFAULT_DATA = Path(_DATA_DIR) / "coco128" if _DATA_DIR else None
 
 
 class ReferenceStyleCoco(CocoDetection):
@@ -89,6 +93,8 @@ def main() -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--passes", type=int, default=5)
     args = parser.parse_args()
+    if args.data is None:
+        parser.error("give --data, or set FNOISE_MASKRCNN_DATA to the folder holding coco128/")
     torch.set_num_threads(1)
     ann_file, image_dir = args.data / f"{args.split}.json", args.data / "images"
     variants = {

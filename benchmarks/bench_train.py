@@ -14,8 +14,8 @@ theirs, ...), so that load from other processes affects both alike; the figure i
 
 Usage::
 
-    python benchmarks/bench_train.py --references /tmp/tvref/references/detection \\
-        --data ../shared/data/coco128 --size 512 --iters 4 --repeats 2 --variant-steps 2
+    python benchmarks/bench_train.py --references VISION/references/detection \\
+        --data $FNOISE_MASKRCNN_DATA/coco128 --size 512 --iters 4 --repeats 2 --variant-steps 2
 
 Prints one JSON object.
 """
@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "coco128"
+_DATA_DIR = os.environ.get("FNOISE_MASKRCNN_DATA")
+DEFAULT_DATA = Path(_DATA_DIR) / "coco128" if _DATA_DIR else None
 
 LAUNCHER = """
 import runpy, sys, torchvision
@@ -192,6 +193,8 @@ def main() -> None:
     parser.add_argument("--one-image", action="store_true",
                         help="train both on copies of one image, so that their batches are identical")
     args = parser.parse_args()
+    if args.data is None:
+        parser.error("give --data, or set FNOISE_MASKRCNN_DATA to the folder holding coco128/")
     if not (args.data / "train.json").is_file():
         parser.error(f"--data {args.data}: no train.json (generate one with python -m fnoise_maskrcnn.data.synthetic)")
     report: dict = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}

@@ -1,26 +1,41 @@
-"""The real COCO-format sets in ../shared/data (coco128, balloon, dsb2018_stage1test); skipped when absent."""
+"""The real COCO-format sets (coco128, balloon, dsb2018_stage1test) in the folder that the environment
+variable ``FNOISE_MASKRCNN_DATA`` names; every test here is skipped when it is unset or the set is absent."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import SHARED_DATA
 from fnoise_maskrcnn.data import CocoInstances
+
+#: Names a folder holding ``coco128/``, ``balloon/`` and ``dsb2018_stage1test/``, each with ``train.json``,
+#: ``val.json`` and ``images/``.
+DATA_ENV = "FNOISE_MASKRCNN_DATA"
+
+
+def set_root(name: str, split: str) -> Path:
+    """``$FNOISE_MASKRCNN_DATA/<name>``, or a skip when the variable is unset or the split is absent."""
+    value = os.environ.get(DATA_ENV)
+    if not value:
+        pytest.skip(f"{DATA_ENV} is not set (a folder with coco128/, balloon/, dsb2018_stage1test/)")
+    root = Path(value) / name
+    if not (root / f"{split}.json").is_file():
+        pytest.skip(f"{DATA_ENV}: no {name}/{split}.json there")
+    return root
 
 
 def load(name: str, split: str) -> CocoInstances:
-    root = SHARED_DATA / name
-    if not (root / f"{split}.json").is_file():
-        pytest.skip(f"{root} not present")
+    root = set_root(name, split)
     return CocoInstances(root / "images", root / f"{split}.json")
 
 
 def test_coco128_official_annotations():
     ds = load("coco128", "train")
-    data = json.loads((SHARED_DATA / "coco128" / "train.json").read_text())
+    data = json.loads((set_root("coco128", "train") / "train.json").read_text())
     assert len(ds) == 103 and len(ds.categories) == 80
     assert ds.categories[-1] == {"id": 90, "name": "toothbrush"}  # non-contiguous ids -> labels 1..80
     assert len(ds.coco.getAnnIds(iscrowd=True)) == 9 and len(ds.coco.getAnnIds()) == 826
