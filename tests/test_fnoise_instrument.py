@@ -81,7 +81,8 @@ def test_train_flags_parse_per_level_sigma_and_check_schedules(capsys):
     assert train.parse_args(["--f-noise-std", "0.3"]).f_noise_std == 0.3
     for argv, message in [
         (["--f-noise-std", "0=x"], "--f-noise-std: could not convert"),
-        (["--f-noise-std", "-1"], "--f-noise-std: expected a finite number >= 0"),
+        (["--f-noise-std", "-1"], "--f-noise-std must be a finite number >= 0"),
+        (["--f-noise-std", "3=-0.1"], "--f-noise-std level 3 must be a finite number >= 0"),
         (["--f-noise-schedule", "linear"], "needs --f-noise-std-end"),
         (["--f-noise-schedule", "step", "--f-noise-std-end", "0"], "needs --f-noise-step-epochs"),
         (["--f-noise-std", "3=0.1", "--f-noise-levels", "3"], "per-level --f-noise-std already names"),

@@ -96,7 +96,7 @@ def parse_f_noise_std(values: Sequence[str]) -> float | Dict[str, float]:
     if len(values) == 1 and "=" not in values[0]:
         sigma = float(values[0])
         if not (math.isfinite(sigma) and sigma >= 0):
-            raise ValueError(f"expected a finite number >= 0, got {values[0]}")
+            raise ValueError(f"must be a finite number >= 0, got {values[0]}")
         return sigma
     per_level: Dict[str, float] = {}
     for item in values:
@@ -105,7 +105,7 @@ def parse_f_noise_std(values: Sequence[str]) -> float | Dict[str, float]:
             raise ValueError(f"expected SIGMA or LEVEL=SIGMA ..., got {' '.join(values)}")
         sigma = float(text)
         if not (math.isfinite(sigma) and sigma >= 0):
-            raise ValueError(f"level {level}: expected a finite number >= 0, got {text}")
+            raise ValueError(f"level {level} must be a finite number >= 0, got {text}")
         per_level[level] = sigma
     return per_level
 
@@ -118,7 +118,7 @@ class _StdAction(argparse.Action):
         try:
             setattr(namespace, self.dest, parse_f_noise_std(values))
         except ValueError as exc:
-            parser.error(f"--f-noise-std: {exc}")
+            parser.error(f"--f-noise-std {exc}" if str(exc).startswith(("must", "level")) else f"--f-noise-std: {exc}")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
