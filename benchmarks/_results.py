@@ -43,5 +43,6 @@ def write_result(name: str, result: Mapping[str, Any], results_dir: Path = RESUL
     """Writes ``result`` plus the machine to ``results_dir/<UTC date>-<name>.json``; returns the path."""
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-{name}.json"
-    path.write_text(json.dumps({"benchmark": name, "machine": machine(), **result}, indent=2) + "\n")
+    payload = {"benchmark": name, **result, "machine": machine()}  # the measured machine, whatever result says
+    path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

@@ -26,6 +26,8 @@ from pycocotools import mask as mask_utils
 
 from fnoise_maskrcnn.evaluate import BACKENDS, run_cocoeval
 
+from _results import write_result
+
 _DATA_DIR = os.environ.get("FNOISE_MASKRCNN_DATA")
 COCO128_VAL = Path(_DATA_DIR) / "coco128" / "val.json" if _DATA_DIR else None
 
@@ -136,6 +138,7 @@ def main() -> None:
             "AP_faster_coco_eval": float(fast_stats[0]),
         }
     print(json.dumps(report, indent=2))
+    print(f"wrote {write_result('cocoeval', report)}")
 
 
 if __name__ == "__main__":

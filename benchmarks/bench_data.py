@@ -33,6 +33,8 @@ from torchvision.transforms.v2 import functional as F
 
 from fnoise_maskrcnn.data import CocoInstances, build_transforms, collate_fn
 
+from _results import write_result
+
 _DATA_DIR = os.environ.get("FNOISE_MASKRCNN_DATA")
 DEFAULT_DATA = Path(_DATA_DIR) / "coco128" if _DATA_DIR else None
 
@@ -119,22 +121,18 @@ def main() -> None:
         }
         for w in (0, 2)
     }
-    print(
-        json.dumps(
-            {
-                "data": str(ann_file),
-                "images": len(variants["ours"]),
-                "passes": args.passes,
-                "batch_size": 2,
-                "same_masks": equal,
-                **summary,
-                "raw": results,
-                "note": "2-core CPU, shared with other jobs; 1 torch thread",
-            },
-            indent=1,
-        )
-    )
-
+    result = {
+        "data": str(ann_file),
+        "images": len(variants["ours"]),
+        "passes": args.passes,
+        "batch_size": 2,
+        "torch_threads": 1,
+        "same_masks": equal,
+        **summary,
+        "raw": results,
+    }
+    print(json.dumps(result, indent=1))
+    print(f"wrote {write_result('data_loader', result)}")
 
 if __name__ == "__main__":
     main()

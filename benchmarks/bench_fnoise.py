@@ -40,6 +40,8 @@ from torch import Tensor, nn
 
 from fnoise_maskrcnn import F_NOISE_MODES, FNoise, maskrcnn_resnet50_fpn
 
+from _results import write_result
+
 SIGMA = 0.1
 VARIANTS = ("stock", "off", *(f"{mode}_all" for mode in F_NOISE_MODES), "elementwise_c5", "naive_hook")
 
@@ -266,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         profiled = ["naive_hook", "elementwise_all"]
         result["profile_self_ms"] = profile_jobs(jobs, profiled, args.profile_steps, device)
     print(json.dumps(result, indent=2))
+    print(f"wrote {write_result('fnoise_step_time', result)}")
     return 0
 
 

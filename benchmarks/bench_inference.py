@@ -39,6 +39,8 @@ from fnoise_maskrcnn.checkpoint import model_from_checkpoint
 from fnoise_maskrcnn.export import export
 from fnoise_maskrcnn.inference import read_image
 
+from _results import write_result
+
 
 def stock_torchvision_model(checkpoint: dict) -> MaskRCNN:
     """The same network assembled from torchvision's own modules only (ResNet-50 checkpoints)."""
@@ -131,7 +133,7 @@ def main() -> None:
 
     report = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"CPU, torch threads {args.threads}, shared with other jobs",
+        "setting": f"CPU, torch threads {args.threads}",
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "checkpoint": str(args.checkpoint)
@@ -149,6 +151,7 @@ def main() -> None:
         "onnx_export_seconds": export_seconds,
     }
     print(json.dumps(report, indent=2))
+    print(f"wrote {write_result('inference', report)}")
 
 
 if __name__ == "__main__":

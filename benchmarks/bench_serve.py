@@ -29,6 +29,8 @@ import httpx
 
 from _inference_common import benchmark_images, write_random_checkpoint
 
+from _results import write_result
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -142,7 +144,7 @@ def main() -> None:
 
     report = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": "CPU, shared with other jobs; server and clients on the same machine",
+        "setting": "server and clients on the same machine",
         "checkpoint": str(args.checkpoint)
         if args.checkpoint
         else f"random resnet50, min_size {args.min_size}, max_size {args.max_size}",
@@ -163,6 +165,7 @@ def main() -> None:
         ),
     }
     print(json.dumps(report, indent=2))
+    print(f"wrote {write_result('serve', report)}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import write_result
+
 NUM_IMAGES = 118_287
 NUM_ANNOTATIONS = 860_001
 CATEGORY = "bus"
@@ -188,27 +190,20 @@ def main() -> None:
             }
             for kind, rs in runs.items()
         }
-        print(
-            json.dumps(
-                {
-                    "file_mb": round(ann.stat().st_size / 2**20, 1),
-                    "images": NUM_IMAGES,
-                    "annotations": NUM_ANNOTATIONS,
-                    "generate_seconds": round(generate_seconds, 1),
-                    **summary,
-                    "time_ratio_stream_over_plain": summary["stream"]["seconds_median"]
-                    / summary["plain"]["seconds_median"],
-                    "memory_ratio_stream_over_plain": summary["stream"]["peak_rss_mb_median"]
-                    / summary["plain"]["peak_rss_mb_median"],
-                    "memory_above_imports_ratio_stream_over_plain": summary["stream"][
-                        "peak_above_imports_mb_median"
-                    ]
-                    / summary["plain"]["peak_above_imports_mb_median"],
-                    "cpu_threads_note": "2-core CPU, shared with other jobs",
-                },
-                indent=1,
-            )
-        )
+        stream, plain = summary["stream"], summary["plain"]
+        result = {
+            "file_mb": round(ann.stat().st_size / 2**20, 1),
+            "images": NUM_IMAGES,
+            "annotations": NUM_ANNOTATIONS,
+            "generate_seconds": round(generate_seconds, 1),
+            **summary,
+            "time_ratio_stream_over_plain": stream["seconds_median"] / plain["seconds_median"],
+            "memory_ratio_stream_over_plain": stream["peak_rss_mb_median"] / plain["peak_rss_mb_median"],
+            "memory_above_imports_ratio_stream_over_plain": stream["peak_above_imports_mb_median"]
+            / plain["peak_above_imports_mb_median"],
+        }
+        print(json.dumps(result, indent=1))
+        print(f"wrote {write_result('subset', result)}")
     finally:
         shutil.rmtree(work)
 

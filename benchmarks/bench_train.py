@@ -41,6 +41,8 @@ DEFAULT_DATA = Path(_DATA_DIR) / "coco128" if _DATA_DIR else None
 
 LAUNCHER = """
 import runpy, sys, torchvision
+
+from _results import write_result
 size = int(sys.argv[1])
 get_model = torchvision.models.get_model
 def sized_get_model(name, **kwargs):
@@ -205,6 +207,7 @@ def main() -> None:
     if args.variant_steps > 0:
         report["cpu_variants"] = cpu_variants(args)
     print(json.dumps(report, indent=2))
+    print(f"wrote {write_result('train_throughput', report)}")
 
 
 if __name__ == "__main__":
