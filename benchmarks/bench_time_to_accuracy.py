@@ -68,12 +68,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("runs/time_to_accuracy"), help="where runs are kept")
     parser.add_argument("--train-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for every training (repeatable), e.g. --train-arg=--threads=2")
+    parser.add_argument("--note", default="", help="conditions a reader needs to know (e.g. a shared machine)")
     parser.add_argument("--no-write", action="store_true", help="print the result only")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.torchvision_epochs < 1:
         parser.error("--epochs and --torchvision-epochs must be >= 1")
 
-    result: Dict[str, Any] = {"epochs": args.epochs, "levels": args.levels, "arms": {}}
+    result: Dict[str, Any] = {"epochs": args.epochs, "levels": args.levels, "note": args.note, "arms": {}}
     for name in args.arms:
         run_dir = args.work_dir / name
         epochs = args.epochs if name == "recipe" else args.torchvision_epochs
