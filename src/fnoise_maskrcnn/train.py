@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradient norm at this value (0: off)")
     opt.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                      help="mixed precision: float16 autocast + GradScaler on CUDA, bfloat16 autocast on the CPU "
-                     "(1.33x faster per ResNet-50 step at 512 px on an AVX-512/AMX-BF16 CPU, README)")
+                     "(faster on CPUs with bf16 instructions; docs/benchmarks.md)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
