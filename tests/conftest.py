@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,3 +39,12 @@ def inference_checkpoint(tmp_path_factory) -> Path:
     from _checkpoints import write_test_checkpoint
 
     return write_test_checkpoint(tmp_path_factory.mktemp("inference_checkpoint") / "model.pth")
+
+
+def write_fake_python(directory: Path, script: str) -> str:
+    """An executable at ``directory/fake_python`` running ``script`` with this Python: a stand-in for
+    ``python`` in tests of code that starts ``python -m fnoise_maskrcnn.train`` processes."""
+    path = directory / "fake_python"
+    path.write_text(f"#!{sys.executable}\n{script}")
+    path.chmod(0o755)
+    return str(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import pytest
+from conftest import write_fake_python
 from PIL import Image
 
 from fnoise_maskrcnn.compare import STUDY_TRAIN_FLAGS, main, summarize, train_arms
@@ -269,10 +270,7 @@ print("trained")
 @pytest.fixture
 def fake_python(tmp_path) -> str:
     """An executable standing in for ``python``: it records its arguments and writes a one-epoch run."""
-    path = tmp_path / "fake_python"
-    path.write_text(f"#!{sys.executable}\n{FAKE_TRAIN}")
-    path.chmod(0o755)
-    return str(path)
+    return write_fake_python(tmp_path, FAKE_TRAIN)
 
 
 def test_train_arms_runs_both_arms_per_seed_with_the_same_flags(fake_python, tmp_path, capsys):

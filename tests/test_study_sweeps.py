@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_fake_python
 
 from fnoise_maskrcnn.compare import _final_ap_points, main, parse_sweep, study_arms, summarize, train_arms
 from fnoise_maskrcnn.study import group_runs, holm, load_run, t_two_sided_p
@@ -38,10 +38,7 @@ records = [{"type": "epoch", "epoch": e, "iteration": e + 1, "train": {"loss": 1
 
 @pytest.fixture
 def fake_python(tmp_path) -> str:
-    path = tmp_path / "fake_python"
-    path.write_text(f"#!{sys.executable}\n{FAKE_TRAIN}")
-    path.chmod(0o755)
-    return str(path)
+    return write_fake_python(tmp_path, FAKE_TRAIN)
 
 
 def test_parse_sweep_and_arms():

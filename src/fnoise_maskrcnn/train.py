@@ -313,20 +313,20 @@ def _explicit_flags(argv: Optional[Sequence[str]]) -> Dict[str, Any]:
 _DATA_FLAGS = ("data_path", "train_ann", "train_images")
 
 
-def recipe_name(argv: Optional[Sequence[str]]) -> str:
-    """The recipe a command line asks for: ``--recipe``, else ``synthetic`` without data flags, else ``torchvision``."""
-    explicit = _explicit_flags(argv)
+def _recipe_name(explicit: Dict[str, Any]) -> str:
+    """The recipe the explicit flags ask for: ``--recipe``, else ``synthetic`` without data flags, else ``torchvision``."""
     if explicit.get("recipe"):
         return explicit["recipe"]
     return "torchvision" if any(explicit.get(name) for name in _DATA_FLAGS) else "synthetic"
 
 
 def build_recipe_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
-    """:func:`build_parser` with the defaults of the recipe that ``argv`` selects."""
+    """:func:`build_parser` with the defaults of the recipe (and F-Noise preset) that ``argv`` selects."""
+    explicit = _explicit_flags(argv)
     parser = build_parser()
-    name = recipe_name(argv)
+    name = _recipe_name(explicit)
     parser.set_defaults(recipe=name, **recipe_defaults(name))
-    preset = _explicit_flags(argv).get("f_noise_preset")
+    preset = explicit.get("f_noise_preset")
     if preset:
         values = F_NOISE_PRESETS[preset]
         parser.set_defaults(f_noise=True, f_noise_std=values["std"], f_noise_mode=values["mode"],
