@@ -248,23 +248,10 @@ def _build(
         "f_noise_levels": f_noise_levels,
         "f_noise_distribution": f_noise_distribution,
     }
-    if arch == "resnet50":
-        body = resnet50(weights=None, progress=progress, norm_layer=norm_layer)
-        if backbone_state is not None:
-            body.load_state_dict(backbone_state)
-        backbone = FNoiseBackboneWithFPN.from_backbone_with_fpn(
-            _resnet_fpn_extractor(body, trainable_backbone_layers, norm_layer=fpn_norm), **f_noise
-        )
-        model = MaskRCNN(backbone, num_classes=num_classes, **head_kwargs, **model_kwargs)
-    else:
-        body = mobilenet_v3_large(weights=None, progress=progress, norm_layer=norm_layer)
-        if backbone_state is not None:
-            body.load_state_dict(backbone_state)
-        backbone = FNoiseBackboneWithFPN.from_backbone_with_fpn(
-            _mobilenet_extractor(body, True, trainable_backbone_layers, norm_layer=fpn_norm), **f_noise
-        )
+    backbone = _backbone(arch, norm_layer, fpn_norm, backbone_state, trainable_backbone_layers, progress, f_noise)
+    if arch == "mobilenet_v3":
         head_kwargs.setdefault("rpn_anchor_generator", _anchor_generator(arch, [32, 64, 128, 256, 512]))
-        model = MaskRCNN(backbone, num_classes, **head_kwargs, **model_kwargs)
+    model = MaskRCNN(backbone, num_classes=num_classes, **head_kwargs, **model_kwargs)
 
     if norm == "gn":
         _calibrate_predictors(model)
@@ -281,17 +268,47 @@ def _build(
         "trainable_backbone_layers": trainable_backbone_layers,
         "norm": norm,
         "anchor_sizes": anchor_sizes,
-        "f_noise": {
-            "enabled": bool(use_f_noise),
-            "std": {str(k): float(v) for k, v in f_noise_std.items()} if isinstance(f_noise_std, Mapping)
-            else float(f_noise_std),
-            "mode": f_noise_mode,
-            "distribution": f_noise_distribution,
-            "levels": None if f_noise_levels is None else [str(level) for level in f_noise_levels],
-        },
+        "f_noise": _f_noise_config(use_f_noise, f_noise_std, f_noise_mode, f_noise_distribution, f_noise_levels),
         "model_kwargs": copy.deepcopy(model_kwargs),
     }
     return model
+
+
+def _backbone(
+    arch: str,
+    norm_layer: Callable[..., nn.Module],
+    fpn_norm: Optional[Callable[..., nn.Module]],
+    backbone_state: Optional[Dict[str, torch.Tensor]],
+    trainable_layers: int,
+    progress: bool,
+    f_noise: Mapping[str, Any],
+) -> FNoiseBackboneWithFPN:
+    """The body (with ``backbone_state`` loaded) and FPN from torchvision's own extractors, with F-Noise between."""
+    if arch == "resnet50":
+        body = resnet50(weights=None, progress=progress, norm_layer=norm_layer)
+    else:
+        body = mobilenet_v3_large(weights=None, progress=progress, norm_layer=norm_layer)
+    if backbone_state is not None:
+        body.load_state_dict(backbone_state)
+    if arch == "resnet50":
+        with_fpn = _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm)
+    else:
+        with_fpn = _mobilenet_extractor(body, True, trainable_layers, norm_layer=fpn_norm)
+    return FNoiseBackboneWithFPN.from_backbone_with_fpn(with_fpn, **f_noise)
+
+
+def _f_noise_config(
+    enabled: bool, std: Union[float, Mapping[str, float]], mode: str, distribution: str,
+    levels: Optional[Sequence[str]],
+) -> Dict[str, Any]:  # fmt: skip
+    """The ``f_noise`` part of ``build_config``, as plain JSON-able values."""
+    return {
+        "enabled": bool(enabled),
+        "std": {str(k): float(v) for k, v in std.items()} if isinstance(std, Mapping) else float(std),
+        "mode": mode,
+        "distribution": distribution,
+        "levels": None if levels is None else [str(level) for level in levels],
+    }
 
 
 @_accept_path_objects
