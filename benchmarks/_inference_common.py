@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import List
 
 import torch
 
@@ -61,7 +60,7 @@ def write_random_checkpoint(
     return path
 
 
-def benchmark_images(count: int) -> List[Path]:
+def benchmark_images(count: int) -> list[Path]:
     """``count`` real images: coco128's val images (in ``$FNOISE_MASKRCNN_DATA``), else synthetic ones."""
     ann = DATA_DIR / "coco128" / "val.json" if DATA_DIR is not None else None
     if ann is not None and ann.is_file():

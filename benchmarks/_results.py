@@ -6,8 +6,9 @@ import datetime
 import json
 import os
 import platform
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torchvision
@@ -43,6 +44,10 @@ def write_result(name: str, result: Mapping[str, Any], results_dir: Path = RESUL
     """Writes ``result`` plus the machine to ``results_dir/<UTC date>-<name>.json``; returns the path."""
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-{name}.json"
-    payload = {"benchmark": name, **result, "machine": machine()}  # the measured machine, whatever result says
+    payload = {
+        "benchmark": name,
+        **result,
+        "machine": machine(),
+    }  # the measured machine, whatever result says
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

@@ -31,9 +31,8 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import CocoDetection
 from torchvision.transforms.v2 import functional as F
 
-from fnoise_maskrcnn.data import CocoInstances, build_transforms, collate_fn
-
 from _results import write_result
+from fnoise_maskrcnn.data import CocoInstances, build_transforms, collate_fn
 
 _DATA_DIR = os.environ.get("FNOISE_MASKRCNN_DATA")
 DEFAULT_DATA = Path(_DATA_DIR) / "coco128" if _DATA_DIR else None
@@ -107,7 +106,7 @@ def main() -> None:
     equal = same_masks(*variants.values())
     results: dict[str, dict[int, list[float]]] = {name: {0: [], 2: []} for name in variants}
     for workers in (0, 2):
-        for name, dataset in variants.items():  # warm-up pass (file cache, worker start-up code paths)
+        for dataset in variants.values():  # warm-up pass (file cache, worker start-up code paths)
             images_per_second(dataset, workers)
         for _ in range(args.passes):
             for name, dataset in variants.items():
@@ -133,6 +132,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=1))
     print(f"wrote {write_result('data_loader', result)}")
+
 
 if __name__ == "__main__":
     main()

@@ -32,21 +32,20 @@ import statistics
 import sys
 import time
 from collections import OrderedDict
-from typing import Callable, Dict, List, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
-from fnoise_maskrcnn import F_NOISE_MODES, FNoise, maskrcnn_resnet50_fpn
-
 from _results import write_result
+from fnoise_maskrcnn import F_NOISE_MODES, FNoise, maskrcnn_resnet50_fpn
 
 SIGMA = 0.1
 VARIANTS = ("stock", "off", *(f"{mode}_all" for mode in F_NOISE_MODES), "elementwise_c5", "naive_hook")
 
 
-def naive_f_noise(features: Dict[str, Tensor], sigma: float = SIGMA) -> Dict[str, Tensor]:
+def naive_f_noise(features: dict[str, Tensor], sigma: float = SIGMA) -> dict[str, Tensor]:
     """The direct transcription of elementwise F-Noise: ``x + sigma * |x| * eps`` on every level."""
     return OrderedDict((name, x + sigma * x.abs() * torch.randn_like(x)) for name, x in features.items())
 
@@ -68,7 +67,7 @@ def make_batch(size: int, batch_size: int, num_classes: int, device: torch.devic
     return images, targets
 
 
-def build_variants(size: int, num_classes: int, device: torch.device) -> Dict[str, Callable[[], nn.Module]]:
+def build_variants(size: int, num_classes: int, device: torch.device) -> dict[str, Callable[[], nn.Module]]:
     """One stock and one of our models with identical weights; each variant configures one before a step."""
     small = {"min_size": size, "max_size": size}  # the images are not resized: the network sees size x size
     torch.manual_seed(0)
@@ -76,7 +75,11 @@ def build_variants(size: int, num_classes: int, device: torch.device) -> Dict[st
         weights=None, weights_backbone=None, num_classes=num_classes, **small
     ).to(device)
     ours = maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=num_classes, use_f_noise=True, f_noise_std=SIGMA,
+        weights=None,
+        weights_backbone=None,
+        num_classes=num_classes,
+        use_f_noise=True,
+        f_noise_std=SIGMA,
         **small,
     ).to(device)
     ours.load_state_dict(stock.state_dict())
@@ -91,7 +94,7 @@ def build_variants(size: int, num_classes: int, device: torch.device) -> Dict[st
 
         return configure
 
-    variants: Dict[str, Callable[[], nn.Module]] = {"stock": lambda: stock, "off": ours_with(0.0)}
+    variants: dict[str, Callable[[], nn.Module]] = {"stock": lambda: stock, "off": ours_with(0.0)}
     for mode in F_NOISE_MODES:
         variants[f"{mode}_all"] = ours_with(SIGMA, mode)
     variants["elementwise_c5"] = ours_with(SIGMA, "elementwise", ["3"])
@@ -112,11 +115,11 @@ def train_step(model: nn.Module, images, targets) -> None:
 
 
 def time_steps(
-    variants, names: List[str], images, targets, rounds: int, warmup: int, device
-) -> Dict[str, List[float]]:
-    times: Dict[str, List[float]] = {name: [] for name in names}
+    variants, names: list[str], images, targets, rounds: int, warmup: int, device
+) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(warmup + rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             model = variants[name]()
             synchronize(device)
@@ -131,18 +134,18 @@ def time_steps(
     return times
 
 
-def body_features(model: nn.Module, images) -> Dict[str, Tensor]:
+def body_features(model: nn.Module, images) -> dict[str, Tensor]:
     with torch.no_grad():
         image_list, _ = model.transform(images)
         return model.backbone.body(image_list.tensors)
 
 
-def f_noise_alone(features: Dict[str, Tensor]) -> Dict[str, Callable[[], None]]:
+def f_noise_alone(features: dict[str, Tensor]) -> dict[str, Callable[[], None]]:
     """Forward + backward of each perturbation on the real feature maps, with a gradient of ones."""
     leaves = OrderedDict((k, v.detach().clone().requires_grad_()) for k, v in features.items())
     grads = [torch.ones_like(v) for v in leaves.values()]
 
-    def run(perturb: Callable[[Dict[str, Tensor]], Dict[str, Tensor]]) -> Callable[[], None]:
+    def run(perturb: Callable[[dict[str, Tensor]], dict[str, Tensor]]) -> Callable[[], None]:
         def step() -> None:
             out = perturb(leaves)
             torch.autograd.backward(list(out.values()), grads)
@@ -159,11 +162,11 @@ def f_noise_alone(features: Dict[str, Tensor]) -> Dict[str, Callable[[], None]]:
     return jobs
 
 
-def time_jobs(jobs: Dict[str, Callable[[], None]], repeats: int, device) -> Dict[str, float]:
-    times: Dict[str, List[float]] = {name: [] for name in jobs}
+def time_jobs(jobs: dict[str, Callable[[], None]], repeats: int, device) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in jobs}
     names = list(jobs)
     for r in range(repeats + 1):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             synchronize(device)
             start = time.perf_counter()
             jobs[name]()
@@ -174,8 +177,8 @@ def time_jobs(jobs: Dict[str, Callable[[], None]], repeats: int, device) -> Dict
 
 
 def profile_jobs(
-    jobs: Dict[str, Callable[[], None]], names: Sequence[str], steps: int, device
-) -> Dict[str, Dict[str, float]]:
+    jobs: dict[str, Callable[[], None]], names: Sequence[str], steps: int, device
+) -> dict[str, dict[str, float]]:
     """Self time per operator (ms per call of the job), forward and backward together."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":

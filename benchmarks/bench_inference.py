@@ -35,11 +35,10 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import misc as misc_nn_ops
 
 from _inference_common import benchmark_images, write_random_checkpoint
+from _results import write_result
 from fnoise_maskrcnn.checkpoint import model_from_checkpoint
 from fnoise_maskrcnn.export import export
 from fnoise_maskrcnn.inference import read_image
-
-from _results import write_result
 
 
 def stock_torchvision_model(checkpoint: dict) -> MaskRCNN:
@@ -47,7 +46,11 @@ def stock_torchvision_model(checkpoint: dict) -> MaskRCNN:
     config = checkpoint["model_config"]
     if config["arch"] != "resnet50":
         raise SystemExit("error: the torchvision comparison is for resnet50 checkpoints")
-    norm_layer = misc_nn_ops.FrozenBatchNorm2d if config.get("norm", "frozen_bn" if config.get("frozen_batchnorm") else "bn") == "frozen_bn" else torch.nn.BatchNorm2d
+    norm_layer = (
+        misc_nn_ops.FrozenBatchNorm2d
+        if config.get("norm", "frozen_bn" if config.get("frozen_batchnorm") else "bn") == "frozen_bn"
+        else torch.nn.BatchNorm2d
+    )
     backbone = _resnet_fpn_extractor(
         resnet50(weights=None, norm_layer=norm_layer), config["trainable_backbone_layers"] or 5
     )

@@ -28,7 +28,6 @@ from pathlib import Path
 import httpx
 
 from _inference_common import benchmark_images, write_random_checkpoint
-
 from _results import write_result
 
 

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from _results import write_result
+
 REPO = Path(__file__).resolve().parents[1]
 _DATA_DIR = os.environ.get("FNOISE_MASKRCNN_DATA")
 DEFAULT_DATA = Path(_DATA_DIR) / "coco128" if _DATA_DIR else None
@@ -42,7 +44,6 @@ DEFAULT_DATA = Path(_DATA_DIR) / "coco128" if _DATA_DIR else None
 LAUNCHER = """
 import runpy, sys, torchvision
 
-from _results import write_result
 size = int(sys.argv[1])
 get_model = torchvision.models.get_model
 def sized_get_model(name, **kwargs):
@@ -55,8 +56,11 @@ runpy.run_path(references + "/train.py", run_name="__main__")
 """
 
 
-def build_coco_layout(source: Path, root: Path, num_train: int, num_val: int, one_image: bool = False) -> None:
-    """``root/annotations/instances_{train,val}2017.json`` and ``root/{train,val}2017`` from a COCO-format set.
+def build_coco_layout(
+    source: Path, root: Path, num_train: int, num_val: int, one_image: bool = False
+) -> None:
+    """``root/annotations/instances_{train,val}2017.json`` and ``root/{train,val}2017`` from a COCO-format
+    set.
 
     Only images with a usable (non-crowd, positive-area) annotation are taken, so that both trainers,
     which treat empty images differently, see the same images.
@@ -71,36 +75,90 @@ def build_coco_layout(source: Path, root: Path, num_train: int, num_val: int, on
         first = images[0]
         anns = [a for a in data["annotations"] if a["image_id"] == first["id"]]
         images = [{**first, "id": k + 1} for k in range(num_train + num_val)]
-        data = {**data, "annotations": [
-            {**a, "id": k * len(anns) + j + 1, "image_id": k + 1} for k in range(len(images)) for j, a in enumerate(anns)
-        ]}  # fmt: skip
+        data = {
+            **data,
+            "annotations": [
+                {**a, "id": k * len(anns) + j + 1, "image_id": k + 1}
+                for k in range(len(images))
+                for j, a in enumerate(anns)
+            ],
+        }
     if len(images) < num_train + num_val:
         raise SystemExit(f"error: {ann_file}: {len(images)} usable images, need {num_train + num_val}")
     (root / "annotations").mkdir(parents=True)
     for split, subset in (("train", images[:num_train]), ("val", images[num_train : num_train + num_val])):
         ids = {img["id"] for img in subset}
-        split_data = {**data, "images": subset, "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}
+        split_data = {
+            **data,
+            "images": subset,
+            "annotations": [a for a in data["annotations"] if a["image_id"] in ids],
+        }
         (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(split_data))
         (root / f"{split}2017").symlink_to((source / "images").resolve())
 
 
 def run_ours(root: Path, out: Path, size: int, env: dict) -> list[float]:
     command = [
-        sys.executable, "-m", "fnoise_maskrcnn.train", "--data-path", str(root), "--model", "resnet50",
-        "--min-size", str(size), "--max-size", str(size), "-b", "2", "--epochs", "1", "--workers", "0",
-        "--lr", "0.0025", "--print-freq", "1", "--device", "cpu", "--output-dir", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "fnoise_maskrcnn.train",
+        "--data-path",
+        str(root),
+        "--model",
+        "resnet50",
+        "--min-size",
+        str(size),
+        "--max-size",
+        str(size),
+        "-b",
+        "2",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--lr",
+        "0.0025",
+        "--print-freq",
+        "1",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+    ]
     subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["time"] for r in records if r["type"] == "iter"]
 
 
-def run_references(references: Path, root: Path, out: Path, size: int, launcher: Path, env: dict) -> list[float]:
+def run_references(
+    references: Path, root: Path, out: Path, size: int, launcher: Path, env: dict
+) -> list[float]:
     command = [
-        sys.executable, str(launcher), str(size), str(references), "--data-path", str(root), "--dataset", "coco",
-        "--model", "maskrcnn_resnet50_fpn", "--device", "cpu", "-b", "2", "--epochs", "1", "-j", "0",
-        "--lr", "0.0025", "--print-freq", "1", "--output-dir", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        str(launcher),
+        str(size),
+        str(references),
+        "--data-path",
+        str(root),
+        "--dataset",
+        "coco",
+        "--model",
+        "maskrcnn_resnet50_fpn",
+        "--device",
+        "cpu",
+        "-b",
+        "2",
+        "--epochs",
+        "1",
+        "-j",
+        "0",
+        "--lr",
+        "0.0025",
+        "--print-freq",
+        "1",
+        "--output-dir",
+        str(out),
+    ]
     result = subprocess.run(command, check=True, capture_output=True, text=True, env=env, cwd=references)
     # "Epoch: [0]  [k/n]  eta: ...  time: <running mean of the first k+1 iterations>  data: ..."
     means = [float(m) for m in re.findall(r"Epoch: \[0\]\s+\[\s*\d+/\d+\].*?time: ([0-9.]+)", result.stdout)]
@@ -119,11 +177,13 @@ def engine_vs_references(args: argparse.Namespace) -> dict:
         launcher.write_text(LAUNCHER)
         for repeat in range(args.repeats):
             ours += run_ours(root, tmp_path / f"ours{repeat}", args.size, env)[1:]
-            theirs += run_references(args.references, root, tmp_path / f"refs{repeat}", args.size, launcher, env)[1:]
+            theirs += run_references(
+                args.references, root, tmp_path / f"refs{repeat}", args.size, launcher, env
+            )[1:]
     ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
     return {
-        "setting": f"maskrcnn_resnet50_fpn from scratch, {args.size}x{args.size}, batch 2, SGD, workers 0, CPU"
-        + (", copies of one image" if args.one_image else ""),
+        "setting": f"maskrcnn_resnet50_fpn from scratch, {args.size}x{args.size}, batch 2, SGD, workers 0, "
+        "CPU" + (", copies of one image" if args.one_image else ""),
         "ours_s_per_iter": [round(t, 3) for t in ours],
         "references_s_per_iter": [round(t, 3) for t in theirs],
         "ours_images_per_s": round(2 / ours_median, 4),
@@ -140,8 +200,11 @@ def cpu_variants(args: argparse.Namespace) -> dict:
     data = CocoInstances(args.data / "images", args.data / "train.json", drop_empty=True)
     images, targets = collate_fn([data[0], data[1]])
     torch.manual_seed(0)
-    config = {"arch": "resnet50", "num_classes": len(data.categories) + 1,
-              "model_kwargs": {"min_size": args.size, "max_size": args.size}}  # fmt: skip
+    config = {
+        "arch": "resnet50",
+        "num_classes": len(data.categories) + 1,
+        "model_kwargs": {"min_size": args.size, "max_size": args.size},
+    }
     models = {"default": build_model(config)}
     models["channels_last"] = build_model(config).to(memory_format=torch.channels_last)
     threads = torch.get_num_threads()
@@ -169,7 +232,7 @@ def cpu_variants(args: argparse.Namespace) -> dict:
     for model in models.values():
         model.train()
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for name, setting in variants.items():  # warm-up, not timed
+    for setting in variants.values():  # warm-up, not timed
         step(*setting)
     for _ in range(args.variant_steps):
         for name, setting in variants.items():
@@ -186,20 +249,33 @@ def cpu_variants(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--references", type=Path, help="torchvision's references/detection folder (skipped if absent)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="COCO-format set with train.json and images/")
+    parser.add_argument(
+        "--references", type=Path, help="torchvision's references/detection folder (skipped if absent)"
+    )
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="COCO-format set with train.json and images/"
+    )
     parser.add_argument("--size", type=int, default=512, help="min_size = max_size of the model")
     parser.add_argument("--iters", type=int, default=4, help="iterations per training run")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each trainer, alternating")
     parser.add_argument("--variant-steps", type=int, default=2, help="timed steps per CPU setting (0: skip)")
-    parser.add_argument("--one-image", action="store_true",
-                        help="train both on copies of one image, so that their batches are identical")
+    parser.add_argument(
+        "--one-image",
+        action="store_true",
+        help="train both on copies of one image, so that their batches are identical",
+    )
     args = parser.parse_args()
     if args.data is None:
         parser.error("give --data, or set FNOISE_MASKRCNN_DATA to the folder holding coco128/")
     if not (args.data / "train.json").is_file():
-        parser.error(f"--data {args.data}: no train.json (generate one with python -m fnoise_maskrcnn.data.synthetic)")
-    report: dict = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}
+        parser.error(
+            f"--data {args.data}: no train.json (generate one with python -m fnoise_maskrcnn.data.synthetic)"
+        )
+    report: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+    }
     if args.references is not None:
         if not (args.references / "train.py").is_file():
             parser.error(f"--references {args.references}: no train.py there")

@@ -14,20 +14,39 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from _results import write_result
 
 #: config.json keys worth keeping beside the curve (the rest is derivable from the command).
 CONFIG_KEYS = (
-    "recipe", "model", "norm", "min_size", "max_size", "batch_size", "epochs", "opt", "lr", "lr_scheduler",
-    "warmup_iters", "amp", "f_noise", "f_noise_std", "f_noise_mode", "num_train_images", "num_val_images",
-    "iters_per_epoch", "anchor_sizes", "model_kwarg", "seed",
-)  # fmt: skip
+    "recipe",
+    "model",
+    "norm",
+    "min_size",
+    "max_size",
+    "batch_size",
+    "epochs",
+    "opt",
+    "lr",
+    "lr_scheduler",
+    "warmup_iters",
+    "amp",
+    "f_noise",
+    "f_noise_std",
+    "f_noise_mode",
+    "num_train_images",
+    "num_val_images",
+    "iters_per_epoch",
+    "anchor_sizes",
+    "model_kwarg",
+    "seed",
+)
 
 
-def learning_curve(run_dir: Path) -> List[Dict[str, Any]]:
+def learning_curve(run_dir: Path) -> list[dict[str, Any]]:
     """Per evaluated epoch: epoch (1-based), iterations, train/wall seconds so far, val loss, bbox/segm AP."""
     points, train_s, wall_s = [], 0.0, 0.0
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -37,16 +56,22 @@ def learning_curve(run_dir: Path) -> List[Dict[str, Any]]:
         train_s += record["train_time"]
         wall_s += record["train_time"] + (record.get("eval_time") or 0.0)
         if record.get("segm"):
-            points.append({
-                "epoch": record["epoch"] + 1, "iterations": record["iteration"],
-                "train_seconds": round(train_s, 1), "wall_seconds": round(wall_s, 1),
-                "train_loss": round(record["train"]["loss"], 4), "val_loss": round(record["val"]["loss"], 4),
-                "bbox_ap": round(record["bbox"]["AP"], 4), "segm_ap": round(record["segm"]["AP"], 4),
-            })  # fmt: skip
+            points.append(
+                {
+                    "epoch": record["epoch"] + 1,
+                    "iterations": record["iteration"],
+                    "train_seconds": round(train_s, 1),
+                    "wall_seconds": round(wall_s, 1),
+                    "train_loss": round(record["train"]["loss"], 4),
+                    "val_loss": round(record["val"]["loss"], 4),
+                    "bbox_ap": round(record["bbox"]["AP"], 4),
+                    "segm_ap": round(record["segm"]["AP"], 4),
+                }
+            )
     return points
 
 
-def summary(points: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+def summary(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The peak and final segm AP (with where they were reached)."""
     if not points:
         return {"peak": None, "final": None}
@@ -54,12 +79,16 @@ def summary(points: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     return {"peak": peak, "final": points[-1]}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="the run's --output-dir")
-    parser.add_argument("--name", required=True, help="result name (file: benchmarks/results/<date>-<name>.json)")
+    parser.add_argument(
+        "--name", required=True, help="result name (file: benchmarks/results/<date>-<name>.json)"
+    )
     parser.add_argument("--command", required=True, help="the command that trained the run, to reproduce it")
-    parser.add_argument("--note", default="", help="anything a reader needs to know (e.g. the machine was busy)")
+    parser.add_argument(
+        "--note", default="", help="anything a reader needs to know (e.g. the machine was busy)"
+    )
     args = parser.parse_args(argv)
     for name in ("config.json", "metrics.jsonl"):
         if not (args.run_dir / name).is_file():

@@ -30,7 +30,7 @@ def newest_results(results_dir: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
     newest: dict[str, tuple[Path, dict[str, Any]]] = {}
     for path in sorted(results_dir.glob("*.json")):
         result = json.loads(path.read_text())
-        name = result.get("benchmark") or path.stem[len("YYYY-MM-DD-"):]
+        name = result.get("benchmark") or path.stem[len("YYYY-MM-DD-") :]
         if name not in newest or _order_key(path, result) >= _order_key(*newest[name]):
             newest[name] = (path, result)
     return dict(sorted(newest.items()))
@@ -67,8 +67,10 @@ def _cell(value: Any) -> str:
 
 
 def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str)) or (
-        isinstance(value, list) and all(not isinstance(item, dict) for item in value)
+    return (
+        value is None
+        or isinstance(value, (bool, int, float, str))
+        or (isinstance(value, list) and all(not isinstance(item, dict) for item in value))
     )
 
 
@@ -149,8 +151,11 @@ def render(results_dir: Path, out: Path) -> str:
     lines += [f"- [{name}](#{name})" for name in results] + [""]
     for name, (path, result) in results.items():
         lines += [f"## {name}", ""]
-        lines += [f"Results file: [`{path.name}`]({(link_base / path.name).as_posix()}). "
-                  f"Machine: {_machine_line(result.get('machine') or {})}.", ""]
+        lines += [
+            f"Results file: [`{path.name}`]({(link_base / path.name).as_posix()}). "
+            f"Machine: {_machine_line(result.get('machine') or {})}.",
+            "",
+        ]
         command = result.get("command")
         if command:
             lines += ["```bash", *(command if isinstance(command, list) else [command]), "```", ""]

@@ -10,7 +10,7 @@ initialisation every score of an untrained model is close to ``1 / num_classes``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import torch
 
@@ -19,7 +19,7 @@ from fnoise_maskrcnn.checkpoint import save_checkpoint
 from fnoise_maskrcnn.data.synthetic import CATEGORIES
 
 MIN_SIZE, MAX_SIZE = 128, 160
-TEST_CATEGORIES: List[Dict[str, Any]] = [{"id": c["id"], "name": c["name"]} for c in CATEGORIES]
+TEST_CATEGORIES: list[dict[str, Any]] = [{"id": c["id"], "name": c["name"]} for c in CATEGORIES]
 
 
 def _calibrate_batchnorm(body: torch.nn.Module, image_size: int, batches: int = 4) -> None:

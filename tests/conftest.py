@@ -30,7 +30,9 @@ def synthetic_coco(tmp_path_factory) -> SyntheticCoco:
     splits = synthetic.generate(
         tmp_path_factory.mktemp("synthetic_coco"), 8, seed=0, num_val_images=4, size_range=(128, 192)
     )
-    return SyntheticCoco(splits.root, splits.train_ann, splits.train_images, splits.val_ann, splits.val_images)
+    return SyntheticCoco(
+        splits.root, splits.train_ann, splits.train_images, splits.val_ann, splits.val_images
+    )
 
 
 @pytest.fixture(scope="session")

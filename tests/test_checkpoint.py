@@ -21,9 +21,17 @@ CATEGORIES = [{"id": 3, "name": "circle"}, {"id": 7, "name": "square"}]
 def model():
     torch.manual_seed(0)
     return maskrcnn_mobilenet_v3_large_fpn(
-        weights_backbone=None, num_classes=3, use_f_noise=True, f_noise_std=0.2, f_noise_levels=["1"],
-        min_size=96, max_size=128, box_score_thresh=0.0, box_detections_per_img=20,
-        rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
+        weights_backbone=None,
+        num_classes=3,
+        use_f_noise=True,
+        f_noise_std=0.2,
+        f_noise_levels=["1"],
+        min_size=96,
+        max_size=128,
+        box_score_thresh=0.0,
+        box_detections_per_img=20,
+        rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=50,
     )
 
 
@@ -81,7 +89,7 @@ def test_missing_file(tmp_path):
 def test_corrupt_file(tmp_path, model):
     path = tmp_path / "corrupt.pth"
     save_checkpoint(checkpoint_of(model), path)
-    path.write_bytes(path.read_bytes()[: 1000])
+    path.write_bytes(path.read_bytes()[:1000])
     one_line_error(path, "cannot be loaded")
     path.write_bytes(b"not a checkpoint at all\n" * 3)
     one_line_error(path, "cannot be loaded")

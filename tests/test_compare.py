@@ -6,13 +6,13 @@ import json
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import pytest
-from conftest import write_fake_python
 from PIL import Image
 
+from conftest import write_fake_python
 from fnoise_maskrcnn.compare import STUDY_TRAIN_FLAGS, main, summarize, train_arms
 from fnoise_maskrcnn.study import RunError, group_runs, load_run
 
@@ -32,39 +32,64 @@ def write_run(
     seed: int,
     f_noise: bool,
     final_train: float,
-    final_val: Optional[float],
-    final_segm: Optional[float],
+    final_val: float | None,
+    final_segm: float | None,
     *,
     epochs: int = 2,
     iters_per_epoch: int = 10,
     std: float = 0.1,
-    levels: Optional[Sequence[str]] = None,
+    levels: Sequence[str] | None = None,
     **config,
 ) -> Path:
     """A run directory as train writes it; the last epoch's losses and segm AP are the given values."""
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({
-        "seed": seed, "output_dir": str(path), "f_noise": f_noise, "f_noise_std": std,
-        "f_noise_mode": "elementwise", "f_noise_levels": levels, "model": "mobilenet_v3", "epochs": epochs,
-        "model_config": {"f_noise": {"enabled": f_noise, "std": std}}, **config,
-    }))
+    (path / "config.json").write_text(
+        json.dumps(
+            {
+                "seed": seed,
+                "output_dir": str(path),
+                "f_noise": f_noise,
+                "f_noise_std": std,
+                "f_noise_mode": "elementwise",
+                "f_noise_levels": levels,
+                "model": "mobilenet_v3",
+                "epochs": epochs,
+                "model_config": {"f_noise": {"enabled": f_noise, "std": std}},
+                **config,
+            }
+        )
+    )
     lines = []
     for epoch in range(epochs):
         for i in range(iters_per_epoch):
             iteration = epoch * iters_per_epoch + i
             parts = {k: 0.2 + 0.01 * seed + 1.0 / (iteration + 1) for k in COMPONENTS}
-            lines.append({"type": "iter", "epoch": epoch, "iteration": iteration, "lr": 0.01,
-                          "loss": sum(parts.values()), **parts, "time": 0.1, "data_time": 0.01})
+            lines.append(
+                {
+                    "type": "iter",
+                    "epoch": epoch,
+                    "iteration": iteration,
+                    "lr": 0.01,
+                    "loss": sum(parts.values()),
+                    **parts,
+                    "time": 0.1,
+                    "data_time": 0.01,
+                }
+            )
         last = epoch == epochs - 1
         extra = 0.5 * (epochs - 1 - epoch)  # earlier epochs have higher losses, lower AP
-        lines.append({
-            "type": "epoch", "epoch": epoch, "iteration": (epoch + 1) * iters_per_epoch,
-            "train": {"loss": final_train + extra, **{k: final_train / 5 for k in COMPONENTS}},
-            "val": None if final_val is None else {"loss": final_val + extra},
-            "bbox": None if final_segm is None else {"AP": final_segm + 0.05 - 0.1 * (not last)},
-            "segm": None if final_segm is None else {"AP": final_segm - 0.1 * (not last)},
-            "f_noise_nsr": {"0": std} if f_noise else None,
-        })
+        lines.append(
+            {
+                "type": "epoch",
+                "epoch": epoch,
+                "iteration": (epoch + 1) * iters_per_epoch,
+                "train": {"loss": final_train + extra, **{k: final_train / 5 for k in COMPONENTS}},
+                "val": None if final_val is None else {"loss": final_val + extra},
+                "bbox": None if final_segm is None else {"AP": final_segm + 0.05 - 0.1 * (not last)},
+                "segm": None if final_segm is None else {"AP": final_segm - 0.1 * (not last)},
+                "f_noise_nsr": {"0": std} if f_noise else None,
+            }
+        )
     (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
 
@@ -92,7 +117,9 @@ def test_groups_runs_into_arms_by_configuration(study, tmp_path):
     arms = group_runs(_runs(tmp_path))
 
     assert [arm.label for arm in arms] == [
-        "baseline", "F-Noise σ=0.1 (elementwise, all levels)", "F-Noise σ=0.3 (elementwise, level 3)",
+        "baseline",
+        "F-Noise σ=0.1 (elementwise, all levels)",
+        "F-Noise σ=0.3 (elementwise, level 3)",
     ]
     assert [arm.seeds for arm in arms] == [[0, 1, 2, 7], [0, 1, 2], [0, 1]]
     assert arms[0].is_baseline and not arms[1].is_baseline
@@ -104,7 +131,9 @@ def test_other_differences_split_arms_and_show_in_labels(tmp_path):
     write_run(tmp_path / "c", 1, True, 1.0, 1.0, 0.3, lr=0.02)
     arms = group_runs(_runs_of(tmp_path, "abc"))
     assert [arm.label for arm in arms] == [
-        "baseline, lr=0.01", "baseline, lr=0.02", "F-Noise σ=0.1 (elementwise, all levels), lr=0.02",
+        "baseline, lr=0.01",
+        "baseline, lr=0.02",
+        "F-Noise σ=0.1 (elementwise, all levels), lr=0.02",
     ]
     # the F-Noise arm is compared with the baseline that has the same lr
     assert {d["reference"] for d in summarize(arms)["differences"]} == {"baseline, lr=0.02"}
@@ -171,10 +200,7 @@ def test_cli_writes_figure_and_tables(study, tmp_path, capsys):
         # three columns (two arms + overlay), ten rows of panels
         assert 600 <= png.width <= 1200 and png.height >= 1200
     markdown = out.with_suffix(".md").read_text()
-    row = (
-        "| baseline | 3 (0, 1, 2) | 1.2000 ± 0.2000 | 1.0100 ± 0.0100"
-        " | 0.3700 ± 0.0200 | 0.3200 ± 0.0200 |"
-    )
+    row = "| baseline | 3 (0, 1, 2) | 1.2000 ± 0.2000 | 1.0100 ± 0.0100 | 0.3700 ± 0.0200 | 0.3200 ± 0.0200 |"
     assert row in markdown
     assert "| F-Noise σ=0.1 (elementwise, all levels) | validation loss | -0.5000 ± 0.0100 |" in markdown
     assert "beyond seed noise" in markdown and "within seed noise" in markdown
@@ -277,20 +303,25 @@ def test_train_arms_runs_both_arms_per_seed_with_the_same_flags(fake_python, tmp
     study = tmp_path / "study"
     run_dirs = train_arms([3, 5], study, ["--epochs", "2", "--lr", "0.01"], python=fake_python)
 
-    assert run_dirs == [study / "baseline" / "seed3", study / "fnoise" / "seed3",
-                        study / "baseline" / "seed5", study / "fnoise" / "seed5"]
+    assert run_dirs == [
+        study / "baseline" / "seed3",
+        study / "fnoise" / "seed3",
+        study / "baseline" / "seed5",
+        study / "fnoise" / "seed5",
+    ]
     for run_dir in run_dirs:
         argv = json.loads((run_dir / "argv.json").read_text())
         seed = run_dir.name.removeprefix("seed")
         # study defaults first, the user's flags after them (so they win), then seed and directory
-        assert argv[2:2 + len(STUDY_TRAIN_FLAGS)] == list(STUDY_TRAIN_FLAGS)
-        rest = argv[2 + len(STUDY_TRAIN_FLAGS):]
+        assert argv[2 : 2 + len(STUDY_TRAIN_FLAGS)] == list(STUDY_TRAIN_FLAGS)
+        rest = argv[2 + len(STUDY_TRAIN_FLAGS) :]
         expected = ["--epochs", "2", "--lr", "0.01", "--seed", seed, "--output-dir", str(run_dir)]
         assert rest == expected + (["--f-noise"] if run_dir.parent.name == "fnoise" else [])
     assert "trained" in (study / "logs" / "fnoise-seed5.log").read_text()
     arms = group_runs([load_run(d) for d in run_dirs])
     assert [(arm.label, arm.seeds) for arm in arms] == [
-        ("baseline", [3, 5]), ("F-Noise σ=0.1 (elementwise, all levels)", [3, 5]),
+        ("baseline", [3, 5]),
+        ("F-Noise σ=0.1 (elementwise, all levels)", [3, 5]),
     ]
     assert "[4/4] fnoise seed 5" in capsys.readouterr().out
 
@@ -307,9 +338,24 @@ def test_compare_train_end_to_end(tmp_path):
     """The real command: both arms, one seed, two iterations each, then the figure and tables."""
     study = tmp_path / "study"
     command = [
-        sys.executable, "-m", "fnoise_maskrcnn.compare", "--train", "--seeds", "0",
-        "--output-dir", str(study),
-        "--epochs", "1", "--max-images", "2", "--max-val-images", "1", "--min-size", "96", "--max-size", "96",
+        sys.executable,
+        "-m",
+        "fnoise_maskrcnn.compare",
+        "--train",
+        "--seeds",
+        "0",
+        "--output-dir",
+        str(study),
+        "--epochs",
+        "1",
+        "--max-images",
+        "2",
+        "--max-val-images",
+        "1",
+        "--min-size",
+        "96",
+        "--max-size",
+        "96",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr

@@ -12,8 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 
-from fnoise_maskrcnn.data import CocoInstances, DatasetError, build_transforms
-from fnoise_maskrcnn.data import synthetic
+from fnoise_maskrcnn.data import CocoInstances, DatasetError, build_transforms, synthetic
 
 H, W = 12, 16
 
@@ -329,7 +328,11 @@ def test_larger_synthetic_training_set_keeps_the_same_validation_images(tmp_path
     large = synthetic.generate(tmp_path / "large", 5, seed=0, num_val_images=2, size_range=(64, 80))
     small_val, large_val = (json.loads(s.val_ann.read_text()) for s in (small, large))
     for a, b in zip(small_val["images"], large_val["images"]):
-        assert (small.val_images / a["file_name"]).read_bytes() == (large.val_images / b["file_name"]).read_bytes()
+        assert (small.val_images / a["file_name"]).read_bytes() == (
+            large.val_images / b["file_name"]
+        ).read_bytes()
     assert [a["bbox"] for a in small_val["annotations"]] == [a["bbox"] for a in large_val["annotations"]]
     # the extra training images are new ones, and the first ones are unchanged
-    assert (small.train_images / "000001.jpg").read_bytes() == (large.train_images / "000001.jpg").read_bytes()
+    assert (small.train_images / "000001.jpg").read_bytes() == (
+        large.train_images / "000001.jpg"
+    ).read_bytes()

@@ -10,8 +10,7 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from fnoise_maskrcnn.data import CocoInstances, DatasetError, validate_coco
-from fnoise_maskrcnn.data import subset, synthetic, validate
+from fnoise_maskrcnn.data import CocoInstances, DatasetError, subset, synthetic, validate, validate_coco
 from fnoise_maskrcnn.data.json_stream import read_spans, scan_top_level
 
 

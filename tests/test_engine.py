@@ -1,4 +1,5 @@
-"""Engine pieces without a model: lr schedule, data random stream, batch skipping, stop signal, metrics files."""
+"""Engine pieces without a model: lr schedule, data random stream, batch skipping, stop signal, metrics
+files."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ def test_cosine_goes_to_zero():
 def test_schedule_survives_a_weights_only_checkpoint(tmp_path):
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule("multistep", 4, 8, [1], warmup_iters=2))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, LrSchedule("multistep", 4, 8, [1], warmup_iters=2)
+    )
     for _ in range(3):
         optimizer.step()
         scheduler.step()
@@ -104,7 +107,13 @@ def test_truncate_metrics_drops_records_after_the_checkpoint(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     truncate_metrics(path, iteration=4, epoch=1)
     kept = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [(r["type"], r["iteration"]) for r in kept] == [("iter", 0), ("iter", 1), ("iter", 2), ("epoch", 3), ("iter", 3)]
+    assert [(r["type"], r["iteration"]) for r in kept] == [
+        ("iter", 0),
+        ("iter", 1),
+        ("iter", 2),
+        ("epoch", 3),
+        ("iter", 3),
+    ]
 
 
 def test_amp_autocast_is_bfloat16_on_the_cpu_and_off_without_amp():

@@ -81,7 +81,9 @@ def test_onnx_matches_pytorch_on_unscaled_images_of_different_sizes(onnx_file, p
     """Dynamic height and width: crops that the model's transform does not rescale, in three shapes."""
     model, _ = pytorch_model
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    tiled = [torch.cat([torch.cat([i, i.flip(2)], 2), torch.cat([i.flip(1), i], 2)], 1) for i in val_images[:3]]
+    tiled = [
+        torch.cat([torch.cat([i, i.flip(2)], 2), torch.cat([i.flip(1), i], 2)], 1) for i in val_images[:3]
+    ]
     crops = [tiled[0][:, :128, :128], tiled[1][:, :128, :160], tiled[2][:, :160, :128]]
     matched = 0
     with torch.inference_mode():

@@ -43,14 +43,15 @@ def reference_magnitude(x: torch.Tensor, mode: str) -> torch.Tensor:
     raise AssertionError(mode)
 
 
-def feature_dict() -> "OrderedDict[str, torch.Tensor]":
+def feature_dict() -> OrderedDict[str, torch.Tensor]:
     """What a ResNet-50 body returns for a 64 px batch of 2: levels "0" (C2) ... "3" (C5)."""
     g = torch.Generator().manual_seed(2000)
     shapes = {"0": (2, 256, 16, 16), "1": (2, 512, 8, 8), "2": (2, 1024, 4, 4), "3": (2, 2048, 2, 2)}
     return OrderedDict((name, torch.randn(shape, generator=g)) for name, shape in shapes.items())
 
 
-#: The modes whose noise is proportional to a magnitude m(x) (not "additive-hw", the seed report's definition).
+#: The modes whose noise is proportional to a magnitude m(x) (not "additive-hw", the seed report's
+#: definition).
 MAGNITUDE_MODES = ("elementwise", "channel", "sample", "tensor")
 
 

@@ -13,7 +13,7 @@ from fnoise_maskrcnn import train
 from fnoise_maskrcnn.fnoise import F_NOISE_PRESETS, FNoise, FNoiseSchedule
 
 
-def _features(seed: int = 0) -> "OrderedDict[str, torch.Tensor]":
+def _features(seed: int = 0) -> OrderedDict[str, torch.Tensor]:
     torch.manual_seed(seed)
     return OrderedDict((str(i), torch.randn(2, 8, 32, 32) + 3.0) for i in range(4))
 
@@ -94,12 +94,47 @@ def test_train_flags_parse_per_level_sigma_and_check_schedules(capsys):
 
 def test_training_logs_the_scheduled_per_level_sigma(synthetic_coco, tmp_path):
     out = tmp_path / "run"
-    argv = ["--train-ann", str(synthetic_coco.train_ann), "--train-images", str(synthetic_coco.train_images),
-            "--model", "mobilenet_v3", "--norm", "bn", "--min-size", "96", "--max-size", "96", "--max-images", "4",
-            "-b", "1", "--epochs", "1", "--warmup-iters", "0", "--workers", "0", "--print-freq", "1", "--no-amp",
-            "--model-kwarg", "box_batch_size_per_image=16", "--model-kwarg", "rpn_post_nms_top_n_train=50",
-            "--f-noise", "--f-noise-std", "0=0.1", "1=0.2", "--f-noise-schedule", "linear",
-            "--f-noise-std-end", "0", "--output-dir", str(out)]  # fmt: skip
+    argv = [
+        "--train-ann",
+        str(synthetic_coco.train_ann),
+        "--train-images",
+        str(synthetic_coco.train_images),
+        "--model",
+        "mobilenet_v3",
+        "--norm",
+        "bn",
+        "--min-size",
+        "96",
+        "--max-size",
+        "96",
+        "--max-images",
+        "4",
+        "-b",
+        "1",
+        "--epochs",
+        "1",
+        "--warmup-iters",
+        "0",
+        "--workers",
+        "0",
+        "--print-freq",
+        "1",
+        "--no-amp",
+        "--model-kwarg",
+        "box_batch_size_per_image=16",
+        "--model-kwarg",
+        "rpn_post_nms_top_n_train=50",
+        "--f-noise",
+        "--f-noise-std",
+        "0=0.1",
+        "1=0.2",
+        "--f-noise-schedule",
+        "linear",
+        "--f-noise-std-end",
+        "0",
+        "--output-dir",
+        str(out),
+    ]
     assert train.main(argv) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     sigmas = [r["f_noise_std"] for r in records if r["type"] == "iter"]
@@ -110,7 +145,9 @@ def test_training_logs_the_scheduled_per_level_sigma(synthetic_coco, tmp_path):
 
 def test_seed_report_001_preset_adds_hw_noise_around_the_mean_to_c5_only():
     preset = F_NOISE_PRESETS["seed-report-001"]
-    module = FNoise(preset["std"], preset["mode"], preset["levels"], distribution=preset["distribution"]).train()
+    module = FNoise(
+        preset["std"], preset["mode"], preset["levels"], distribution=preset["distribution"]
+    ).train()
     features = _features()
     out = module(features)
     assert all(out[level] is features[level] for level in ("0", "1", "2"))
@@ -121,4 +158,9 @@ def test_seed_report_001_preset_adds_hw_noise_around_the_mean_to_c5_only():
     assert plane.mean().item() == pytest.approx(features["3"].mean().item(), abs=4 * 0.1 / 32)
     assert plane.std().item() == pytest.approx(0.1, rel=0.15)
     args = train.parse_args(["--f-noise-preset", "seed-report-001"])
-    assert (args.f_noise, args.f_noise_mode, args.f_noise_levels, args.f_noise_std) == (True, "additive-hw", ["3"], 0.1)
+    assert (args.f_noise, args.f_noise_mode, args.f_noise_levels, args.f_noise_std) == (
+        True,
+        "additive-hw",
+        ["3"],
+        0.1,
+    )

@@ -1,4 +1,5 @@
-"""One image conversion for every job: EXIF orientation and high bit depths; thresholds before mask pasting."""
+"""One image conversion for every job: EXIF orientation and high bit depths; thresholds before mask
+pasting."""
 
 from __future__ import annotations
 
@@ -60,16 +61,29 @@ def test_exif_orientation_is_applied_in_inference_and_training(tmp_path):
     inference = read_image(path)
     assert inference.shape == (3, 40, 20)  # upright: taller than wide
     assert inference[:, :20].mean() > 0.9 and inference[:, 20:].mean() < 0.1  # white half now on top
-    ann = {"images": [{"id": 1, "file_name": "rotated.jpg", "height": 40, "width": 20}],
-           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20], "area": 400,
-                            "iscrowd": 0, "segmentation": [[0, 0, 20, 0, 20, 20, 0, 20]]}],
-           "categories": [{"id": 1, "name": "top"}]}  # fmt: skip
+    ann = {
+        "images": [{"id": 1, "file_name": "rotated.jpg", "height": 40, "width": 20}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [0, 0, 20, 20],
+                "area": 400,
+                "iscrowd": 0,
+                "segmentation": [[0, 0, 20, 0, 20, 20, 0, 20]],
+            }
+        ],
+        "categories": [{"id": 1, "name": "top"}],
+    }
     (tmp_path / "ann.json").write_text(json.dumps(ann))
     image, _ = CocoInstances(tmp_path / "images", tmp_path / "ann.json")[0]
     torch.testing.assert_close(image.float(), inference, atol=1e-6, rtol=0)
 
 
-def test_score_threshold_is_applied_before_masks_are_pasted(inference_checkpoint, synthetic_coco, monkeypatch):
+def test_score_threshold_is_applied_before_masks_are_pasted(
+    inference_checkpoint, synthetic_coco, monkeypatch
+):
     model, _ = model_from_checkpoint(inference_checkpoint)
     image = read_image(next(synthetic_coco.val_images.glob("*.jpg")))
     everything = predict_batch(model, [image], score_thresh=0.0)[0]

@@ -13,8 +13,13 @@ from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from fnoise_maskrcnn import FNoise, FNoiseBackboneWithFPN, build_model, maskrcnn_mobilenet_v3_large_fpn
-from fnoise_maskrcnn import maskrcnn_resnet50_fpn
+from fnoise_maskrcnn import (
+    FNoise,
+    FNoiseBackboneWithFPN,
+    build_model,
+    maskrcnn_mobilenet_v3_large_fpn,
+    maskrcnn_resnet50_fpn,
+)
 from fnoise_maskrcnn.checkpoint import save_checkpoint
 
 SIZE = 128
@@ -173,7 +178,11 @@ def test_use_f_noise_false_means_zero_std():
     model = our_model(use_f_noise=False, f_noise_std=0.3, f_noise_mode="channel")
     assert model.backbone.f_noise.std == 0.0
     assert model.build_config["f_noise"] == {
-        "enabled": False, "std": 0.3, "mode": "channel", "distribution": "gaussian", "levels": None
+        "enabled": False,
+        "std": 0.3,
+        "mode": "channel",
+        "distribution": "gaussian",
+        "levels": None,
     }
 
 
@@ -335,8 +344,12 @@ def test_build_config_rebuilds_the_same_architecture():
 def test_mobilenet_variant_trains_and_predicts_with_f_noise():
     torch.manual_seed(0)
     model = maskrcnn_mobilenet_v3_large_fpn(
-        weights_backbone=None, num_classes=NUM_CLASSES, use_f_noise=True, f_noise_mode="channel",
-        f_noise_levels=("1",), **SMALL,
+        weights_backbone=None,
+        num_classes=NUM_CLASSES,
+        use_f_noise=True,
+        f_noise_mode="channel",
+        f_noise_levels=("1",),
+        **SMALL,
     )
     assert model.backbone.f_noise.levels == ["1"] and model.build_config["arch"] == "mobilenet_v3"
     images, targets = batch()

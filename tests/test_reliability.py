@@ -15,14 +15,44 @@ from fnoise_maskrcnn import train
 from fnoise_maskrcnn.atomic import write_text_atomic
 from fnoise_maskrcnn.run_lock import RunLock
 
-TINY = ["--model", "mobilenet_v3", "--min-size", "96", "--max-size", "96", "--max-images", "2", "-b", "2",
-        "--max-val-images", "2", "--epochs", "1", "--warmup-iters", "0", "--workers", "0", "--no-amp",
-        "--model-kwarg", "box_batch_size_per_image=32", "--model-kwarg", "rpn_post_nms_top_n_train=100"]  # fmt: skip
+TINY = [
+    "--model",
+    "mobilenet_v3",
+    "--min-size",
+    "96",
+    "--max-size",
+    "96",
+    "--max-images",
+    "2",
+    "-b",
+    "2",
+    "--max-val-images",
+    "2",
+    "--epochs",
+    "1",
+    "--warmup-iters",
+    "0",
+    "--workers",
+    "0",
+    "--no-amp",
+    "--model-kwarg",
+    "box_batch_size_per_image=32",
+    "--model-kwarg",
+    "rpn_post_nms_top_n_train=100",
+]
 
 
 def _data(data) -> list[str]:
-    return ["--train-ann", str(data.train_ann), "--train-images", str(data.train_images),
-            "--val-ann", str(data.val_ann), "--val-images", str(data.val_images)]  # fmt: skip
+    return [
+        "--train-ann",
+        str(data.train_ann),
+        "--train-images",
+        str(data.train_images),
+        "--val-ann",
+        str(data.val_ann),
+        "--val-images",
+        str(data.val_images),
+    ]
 
 
 def test_second_training_in_the_same_directory_is_refused(tmp_path, capsys):
@@ -35,8 +65,10 @@ def test_second_training_in_the_same_directory_is_refused(tmp_path, capsys):
 
 
 def test_lock_of_a_killed_process_is_taken_over(tmp_path):
-    code = "import sys, time; from fnoise_maskrcnn.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); " \
-           "print('locked', flush=True); time.sleep(60)"  # fmt: skip
+    code = (
+        "import sys, time; from fnoise_maskrcnn.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "print('locked', flush=True); time.sleep(60)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -55,7 +87,9 @@ def test_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     path.write_text("x")
     assert train.main(["--data-path", str(tmp_path), "--output-dir", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: --output-dir {path}: cannot be used as a run directory") and "\n" not in err
+    assert (
+        err.startswith(f"error: --output-dir {path}: cannot be used as a run directory") and "\n" not in err
+    )
 
 
 def test_stale_temporaries_are_removed_at_start(tmp_path, capsys):

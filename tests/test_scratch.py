@@ -49,7 +49,12 @@ def _targets(size: int = 96) -> tuple[list[torch.Tensor], list[dict]]:
 def test_gn_model_has_no_batchnorm_and_gn_everywhere():
     model = gn_model()
     assert not any(isinstance(m, BATCH_NORMS) for m in model.modules())
-    for part in (model.backbone.body, model.backbone.fpn, model.roi_heads.box_head, model.roi_heads.mask_head):
+    for part in (
+        model.backbone.body,
+        model.backbone.fpn,
+        model.roi_heads.box_head,
+        model.roi_heads.mask_head,
+    ):
         assert any(isinstance(m, nn.GroupNorm) and m.num_groups == 32 for m in part.modules())
     assert model.build_config["norm"] == "gn"
     # MobileNetV3's channel counts (16, 24, 40, ...) are not all multiples of 32: the groups divide them.
@@ -65,7 +70,9 @@ def test_batchnorm_choices_keep_torchvision_modules(norm, layer):
     assert isinstance(model.backbone.body.bn1, layer)
     reference = maskrcnn_resnet50_fpn(weights_backbone=None, num_classes=3, **SMALL)
     # FrozenBatchNorm2d has no num_batches_tracked buffer; every other key is torchvision's
-    assert list(model.state_dict()) == [k for k in reference.state_dict() if norm == "bn" or "num_batches" not in k]
+    assert list(model.state_dict()) == [
+        k for k in reference.state_dict() if norm == "bn" or "num_batches" not in k
+    ]
     with pytest.raises(ValueError, match="norm must be one of"):
         maskrcnn_resnet50_fpn(weights_backbone=None, norm="layernorm")
 
@@ -87,8 +94,13 @@ def test_gn_model_trains_a_step_and_round_trips_through_checkpoint_and_export(tm
     with torch.no_grad():
         expected = model(images[:1])[0]
     path = tmp_path / "gn.pth"
-    checkpoint = {"format": "fnoise_maskrcnn", "version": 1, "model": model.state_dict(),
-                  "model_config": model.build_config, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}  # fmt: skip
+    checkpoint = {
+        "format": "fnoise_maskrcnn",
+        "version": 1,
+        "model": model.state_dict(),
+        "model_config": model.build_config,
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
     save_checkpoint(checkpoint, path)
     rebuilt, _ = model_from_checkpoint(path)
     assert not any(isinstance(m, BATCH_NORMS) for m in rebuilt.modules())
@@ -107,7 +119,9 @@ def test_gn_model_trains_a_step_and_round_trips_through_checkpoint_and_export(tm
 def test_build_model_reads_the_older_frozen_batchnorm_key():
     config = {"arch": "resnet50", "num_classes": 3, "frozen_batchnorm": True, "model_kwargs": SMALL}
     model = build_model(config)
-    assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d) and model.build_config["norm"] == "frozen_bn"
+    assert (
+        isinstance(model.backbone.body.bn1, FrozenBatchNorm2d) and model.build_config["norm"] == "frozen_bn"
+    )
 
 
 def test_recipes_resolve_to_their_values_and_explicit_flags_win():
@@ -119,14 +133,28 @@ def test_recipes_resolve_to_their_values_and_explicit_flags_win():
 
     args = train.parse_args(["--lr", "0.005", "--norm", "bn", "--model-kwarg", "box_batch_size_per_image=32"])
     assert (args.recipe, args.lr, args.norm, args.min_size) == ("synthetic", 0.005, "bn", 160)
-    assert dict(args.model_kwarg)["box_batch_size_per_image"] == 32  # the later value wins in the model's kwargs
+    assert (
+        dict(args.model_kwarg)["box_batch_size_per_image"] == 32
+    )  # the later value wins in the model's kwargs
 
     args = train.parse_args(["--data-path", "somewhere"])
-    assert (args.recipe, args.norm, args.min_size, args.max_size, args.epochs) == ("torchvision", None, 800, 1333, 26)
+    assert (args.recipe, args.norm, args.min_size, args.max_size, args.epochs) == (
+        "torchvision",
+        None,
+        800,
+        1333,
+        26,
+    )
     assert (args.lr, args.lr_steps, args.warmup_iters, args.amp) == (None, None, 1000, False)
 
     args = train.parse_args(["--data-path", "somewhere", "--recipe", "cpu-scratch", "--epochs", "3"])
-    assert (args.recipe, args.norm, args.min_size, args.epochs, args.scale_jitter) == ("cpu-scratch", "gn", 384, 3, True)
+    assert (args.recipe, args.norm, args.min_size, args.epochs, args.scale_jitter) == (
+        "cpu-scratch",
+        "gn",
+        384,
+        3,
+        True,
+    )
     args = train.parse_args(["--recipe", "gpu-scratch"])
     assert (args.norm, args.lr_steps, args.epochs, args.amp) == ("gn", [28, 34], 37, True)
 
@@ -148,17 +176,49 @@ def test_f_noise_preset_sets_the_original_definition_and_flags_override():
 
 
 def _short_gn_training(data, out: Path) -> list[float]:
-    argv = ["--train-ann", str(data.train_ann), "--train-images", str(data.train_images), "--recipe", "synthetic",
-            "--min-size", "96", "--max-size", "96", "--max-images", "2", "-b", "2", "--epochs", "8",
-            "--lr", "0.02", "--warmup-iters", "0", "--lr-scheduler", "multistep", "--no-amp", "--workers", "0",
-            "--print-freq", "1", "--aspect-ratio-group-factor", "-1", "--output-dir", str(out)]  # fmt: skip
+    argv = [
+        "--train-ann",
+        str(data.train_ann),
+        "--train-images",
+        str(data.train_images),
+        "--recipe",
+        "synthetic",
+        "--min-size",
+        "96",
+        "--max-size",
+        "96",
+        "--max-images",
+        "2",
+        "-b",
+        "2",
+        "--epochs",
+        "8",
+        "--lr",
+        "0.02",
+        "--warmup-iters",
+        "0",
+        "--lr-scheduler",
+        "multistep",
+        "--no-amp",
+        "--workers",
+        "0",
+        "--print-freq",
+        "1",
+        "--aspect-ratio-group-factor",
+        "-1",
+        "--output-dir",
+        str(out),
+    ]
     assert train.main(argv) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in records if r["type"] == "iter"]
 
 
-def test_short_gn_training_lowers_the_loss_and_fails_without_optimizer_steps(synthetic_coco, tmp_path, monkeypatch):
-    """Eight steps on two images must cut the loss by a quarter; with the optimizer step skipped that fails."""
+def test_short_gn_training_lowers_the_loss_and_fails_without_optimizer_steps(
+    synthetic_coco, tmp_path, monkeypatch
+):
+    """Eight steps on two images must cut the loss by a quarter; with the optimizer step skipped that
+    fails."""
     losses = _short_gn_training(synthetic_coco, tmp_path / "learns")
     assert len(losses) == 8
     assert min(losses[-2:]) < 0.75 * losses[0], f"loss went from {losses[0]:.3f} to {losses[-2:]}"

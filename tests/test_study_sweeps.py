@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import write_fake_python
 
+from conftest import write_fake_python
 from fnoise_maskrcnn.compare import _final_ap_points, main, parse_sweep, study_arms, summarize, train_arms
 from fnoise_maskrcnn.study import group_runs, holm, load_run, t_two_sided_p
 
@@ -29,7 +29,8 @@ config = {"seed": seed, "output_dir": str(out), "f_noise": noise, "f_noise_std":
           "f_noise_mode": "elementwise", "f_noise_levels": None}
 (out / "config.json").write_text(json.dumps(config))
 ap = 0.3 + 0.01 * seed + (0.1 * std if noise else 0.0)
-records = [{"type": "epoch", "epoch": e, "iteration": e + 1, "train": {"loss": 1.0}, "val": {"loss": 1.0 - ap},
+records = [{"type": "epoch", "epoch": e, "iteration": e + 1, "train": {"loss": 1.0}, "val": {"loss": 1.0 -
+ap},
             "bbox": {"AP": ap}, "segm": {"AP": ap + 0.01 * e}, "f_noise_nsr": None} for e in range(2)]
 (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in records))
 (out / "last.pth").write_bytes(b"checkpoint")
@@ -47,9 +48,12 @@ def test_parse_sweep_and_arms():
         parse_sweep("f_noise_std")
     arms = study_arms([("f_noise_std", ["0.1", "0.2"]), ("f_noise_levels", ["0 1", "3"])])
     assert [name for name, _ in arms] == [
-        "baseline", "f_noise_std=0.1,f_noise_levels=0+1", "f_noise_std=0.1,f_noise_levels=3",
-        "f_noise_std=0.2,f_noise_levels=0+1", "f_noise_std=0.2,f_noise_levels=3",
-    ]  # fmt: skip
+        "baseline",
+        "f_noise_std=0.1,f_noise_levels=0+1",
+        "f_noise_std=0.1,f_noise_levels=3",
+        "f_noise_std=0.2,f_noise_levels=0+1",
+        "f_noise_std=0.2,f_noise_levels=3",
+    ]
     assert arms[1][1] == ["--f-noise", "--f-noise-std", "0.1", "--f-noise-levels", "0", "1"]
     assert study_arms([], baseline=False) == [("fnoise", ["--f-noise"])]
 
@@ -79,8 +83,16 @@ def _write_run(path: Path, seed: int, noise: bool, std: float, segm_ap: float) -
     path.mkdir(parents=True)
     config = {"seed": seed, "f_noise": noise, "f_noise_std": std, "f_noise_mode": "elementwise", "epochs": 1}
     (path / "config.json").write_text(json.dumps(config))
-    record = {"type": "epoch", "epoch": 0, "iteration": 1, "train": {"loss": 1.0}, "val": {"loss": 1.0},
-              "bbox": {"AP": segm_ap}, "segm": {"AP": segm_ap}, "f_noise_nsr": None}  # fmt: skip
+    record = {
+        "type": "epoch",
+        "epoch": 0,
+        "iteration": 1,
+        "train": {"loss": 1.0},
+        "val": {"loss": 1.0},
+        "bbox": {"AP": segm_ap},
+        "segm": {"AP": segm_ap},
+        "f_noise_nsr": None,
+    }
     (path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     return path
 
@@ -88,18 +100,29 @@ def _write_run(path: Path, seed: int, noise: bool, std: float, segm_ap: float) -
 def test_paired_differences_and_holm_match_hand_computation(tmp_path):
     base = [0.30, 0.32, 0.34]
     runs = [_write_run(tmp_path / f"b{s}", s, False, 0.1, v) for s, v in enumerate(base)]
-    runs += [_write_run(tmp_path / f"x{s}", s, True, 0.1, v + d) for s, (v, d) in enumerate(zip(base, [0.01, 0.02, 0.03]))]
-    runs += [_write_run(tmp_path / f"y{s}", s, True, 0.2, v + d) for s, (v, d) in enumerate(zip(base, [0.05, 0.06, 0.07]))]
+    runs += [
+        _write_run(tmp_path / f"x{s}", s, True, 0.1, v + d)
+        for s, (v, d) in enumerate(zip(base, [0.01, 0.02, 0.03]))
+    ]
+    runs += [
+        _write_run(tmp_path / f"y{s}", s, True, 0.2, v + d)
+        for s, (v, d) in enumerate(zip(base, [0.05, 0.06, 0.07]))
+    ]
     summary = summarize(group_runs([load_run(r) for r in runs]))
     segm = {d["arm"]: d for d in summary["differences"] if d["metric"] == "segm_AP"}
-    small, large = segm["F-Noise σ=0.1 (elementwise, all levels)"], segm["F-Noise σ=0.2 (elementwise, all levels)"]
+    small, large = (
+        segm["F-Noise σ=0.1 (elementwise, all levels)"],
+        segm["F-Noise σ=0.2 (elementwise, all levels)"],
+    )
     # by hand: diffs 0.01/0.02/0.03 -> mean 0.02, sd 0.01, t = 0.02 / (0.01 / sqrt 3) = 2 sqrt 3, df 2;
     # Student's t with 2 df: two-sided p = 1 - t / sqrt(t^2 + 2)
     t_small, t_large = 0.02 / (0.01 / math.sqrt(3)), 0.06 / (0.01 / math.sqrt(3))
     p_small, p_large = 1 - t_small / math.sqrt(t_small**2 + 2), 1 - t_large / math.sqrt(t_large**2 + 2)
     assert (p_small, p_large) == pytest.approx((0.0741799, 0.0091326), abs=1e-6)
     assert small["mean"] == pytest.approx(0.02) and small["p"] == pytest.approx(p_small, rel=1e-6)
-    assert small["ci95"] == pytest.approx([0.02 - 4.303 * 0.01 / math.sqrt(3), 0.02 + 4.303 * 0.01 / math.sqrt(3)])
+    assert small["ci95"] == pytest.approx(
+        [0.02 - 4.303 * 0.01 / math.sqrt(3), 0.02 + 4.303 * 0.01 / math.sqrt(3)]
+    )
     assert large["p"] == pytest.approx(p_large, rel=1e-6)
     assert large["p_holm"] == pytest.approx(2 * p_large) and small["p_holm"] == pytest.approx(p_small)
     assert large["verdict"] == "beyond seed noise (Holm)" and small["verdict"] == "within seed noise (Holm)"
@@ -125,7 +148,8 @@ def test_rerun_keeps_finished_runs_resumes_interrupted_ones_and_trains_the_rest(
     run_dirs = train_arms([0, 1], study, [], defaults=(), arms=arms, python=fake_python)
     calls = [json.loads(line) for line in (study / "calls.jsonl").read_text().splitlines()]
     assert [(c[c.index("--output-dir") + 1], "--resume" in c) for c in calls] == [
-        (str(interrupted), True), (str(study / "fnoise" / "seed1"), False),
+        (str(interrupted), True),
+        (str(study / "fnoise" / "seed1"), False),
     ]
     assert (study / "baseline" / "seed0" / "metrics.jsonl").stat().st_mtime_ns == finished
     rerun = summarize(group_runs([load_run(d) for d in run_dirs]))

@@ -16,16 +16,34 @@ from fnoise_maskrcnn.checkpoint import load_checkpoint
 
 # Small heads keep a CPU iteration at about a second: the cost of Mask R-CNN on tiny images is in its heads.
 TINY_MODEL = [
-    "--model", "mobilenet_v3", "--min-size", "128", "--max-size", "160",
-    "--model-kwarg", "box_batch_size_per_image=64", "--model-kwarg", "rpn_pre_nms_top_n_train=300",
-    "--model-kwarg", "rpn_post_nms_top_n_train=150", "--model-kwarg", "box_detections_per_img=20",
-]  # fmt: skip
+    "--model",
+    "mobilenet_v3",
+    "--min-size",
+    "128",
+    "--max-size",
+    "160",
+    "--model-kwarg",
+    "box_batch_size_per_image=64",
+    "--model-kwarg",
+    "rpn_pre_nms_top_n_train=300",
+    "--model-kwarg",
+    "rpn_post_nms_top_n_train=150",
+    "--model-kwarg",
+    "box_detections_per_img=20",
+]
 
 
 def data_flags(data, val: bool = True) -> list[str]:
     flags = ["--train-ann", str(data.train_ann), "--train-images", str(data.train_images)]
     if val:
-        flags += ["--val-ann", str(data.val_ann), "--val-images", str(data.val_images), "--max-val-images", "2"]
+        flags += [
+            "--val-ann",
+            str(data.val_ann),
+            "--val-images",
+            str(data.val_images),
+            "--max-val-images",
+            "2",
+        ]
     return flags
 
 
@@ -65,8 +83,26 @@ class TrainingHook:
 
 def test_training_lowers_the_loss(synthetic_coco, tmp_path):
     out = tmp_path / "run"
-    argv = [*data_flags(synthetic_coco, val=False), *TINY_MODEL, "--max-images", "2", "-b", "2", "--epochs", "8",
-            "--lr", "0.02", "--warmup-iters", "0", "--workers", "0", "--print-freq", "1", "--output-dir", str(out)]  # fmt: skip
+    argv = [
+        *data_flags(synthetic_coco, val=False),
+        *TINY_MODEL,
+        "--max-images",
+        "2",
+        "-b",
+        "2",
+        "--epochs",
+        "8",
+        "--lr",
+        "0.02",
+        "--warmup-iters",
+        "0",
+        "--workers",
+        "0",
+        "--print-freq",
+        "1",
+        "--output-dir",
+        str(out),
+    ]
     assert train.main(argv) == 0
     records = read_metrics(out)
     iters = [r for r in records if r["type"] == "iter"]
@@ -89,10 +125,29 @@ def test_training_lowers_the_loss(synthetic_coco, tmp_path):
 
 def test_seed_gives_same_start_with_and_without_f_noise(synthetic_coco, tmp_path):
     """The comparison's premise: same --seed -> same initial weights and data, whatever --f-noise."""
-    common = [*data_flags(synthetic_coco, val=False), *TINY_MODEL, "--max-images", "2", "-b", "2", "--epochs", "1",
-              "--workers", "0", "--print-freq", "1", "--lr", "1e-9", "--warmup-iters", "0"]  # fmt: skip
+    common = [
+        *data_flags(synthetic_coco, val=False),
+        *TINY_MODEL,
+        "--max-images",
+        "2",
+        "-b",
+        "2",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--print-freq",
+        "1",
+        "--lr",
+        "1e-9",
+        "--warmup-iters",
+        "0",
+    ]
     assert train.main([*common, "--output-dir", str(tmp_path / "plain")]) == 0
-    assert train.main([*common, "--f-noise", "--f-noise-std", "0", "--output-dir", str(tmp_path / "noise0")]) == 0
+    assert (
+        train.main([*common, "--f-noise", "--f-noise-std", "0", "--output-dir", str(tmp_path / "noise0")])
+        == 0
+    )
     plain, noise0 = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "noise0")
     # With std 0 the F-Noise run computes exactly the plain run: same weights, same images, same flips.
     assert plain[0]["loss"] == noise0[0]["loss"]
@@ -101,8 +156,20 @@ def test_seed_gives_same_start_with_and_without_f_noise(synthetic_coco, tmp_path
 def test_non_finite_loss_stops_with_last_good_state(synthetic_coco, tmp_path, monkeypatch, capsys):
     out = tmp_path / "nan"
     TrainingHook(monkeypatch, at_call=2, action="nan")
-    argv = [*data_flags(synthetic_coco, val=False), *TINY_MODEL, "--max-images", "4", "-b", "2", "--epochs", "3",
-            "--workers", "0", "--output-dir", str(out)]  # fmt: skip
+    argv = [
+        *data_flags(synthetic_coco, val=False),
+        *TINY_MODEL,
+        "--max-images",
+        "4",
+        "-b",
+        "2",
+        "--epochs",
+        "3",
+        "--workers",
+        "0",
+        "--output-dir",
+        str(out),
+    ]
     assert train.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: non-finite loss at iteration 2 (epoch 1)")
@@ -146,8 +213,17 @@ def test_bad_data_is_a_one_line_error(tmp_path, capsys):
 def test_resume_refuses_a_changed_model(synthetic_coco, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    torch.save({"format": "fnoise_maskrcnn", "version": 1, "model": {}, "model_config": {}, "categories": [],
-                "args": {"model": "mobilenet_v3"}}, out / "last.pth")  # fmt: skip
+    torch.save(
+        {
+            "format": "fnoise_maskrcnn",
+            "version": 1,
+            "model": {},
+            "model_config": {},
+            "categories": [],
+            "args": {"model": "mobilenet_v3"},
+        },
+        out / "last.pth",
+    )
     with pytest.raises(SystemExit):
         train.main(["--resume", "--output-dir", str(out), "--model", "resnet50"])
     assert "--model resnet50 differs from the run's mobilenet_v3" in capsys.readouterr().err

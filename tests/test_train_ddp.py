@@ -15,11 +15,31 @@ from test_train import TINY_MODEL, data_flags
 def test_two_process_ddp_on_cpu(synthetic_coco, tmp_path):
     out = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "fnoise_maskrcnn.train", *data_flags(synthetic_coco), *TINY_MODEL, "--max-images", "4", "-b", "1",
-        "--epochs", "1", "--f-noise", "--workers", "0", "--print-freq", "1", "--device", "cpu",
-        "--output-dir", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "fnoise_maskrcnn.train",
+        *data_flags(synthetic_coco),
+        *TINY_MODEL,
+        "--max-images",
+        "4",
+        "-b",
+        "1",
+        "--epochs",
+        "1",
+        "--f-noise",
+        "--workers",
+        "0",
+        "--print-freq",
+        "1",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

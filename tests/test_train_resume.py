@@ -13,18 +13,42 @@ from test_train import TINY_MODEL, TrainingHook, data_flags, read_metrics
 
 
 def test_resume_is_exact(synthetic_coco, tmp_path, monkeypatch):
-    """2 epochs straight == 1 epoch, resume, SIGINT in the middle of epoch 2, resume again (CPU, deterministic)."""
-    common = [*data_flags(synthetic_coco), *TINY_MODEL, "--max-images", "4", "-b", "2", "--f-noise",
-              "--lr", "0.01", "--lr-steps", "1", "--warmup-iters", "2", "--workers", "0", "--deterministic",
-              "--seed", "3"]  # fmt: skip
+    """2 epochs straight == 1 epoch, resume, SIGINT in the middle of epoch 2, resume again (CPU,
+    deterministic)."""
+    common = [
+        *data_flags(synthetic_coco),
+        *TINY_MODEL,
+        "--max-images",
+        "4",
+        "-b",
+        "2",
+        "--f-noise",
+        "--lr",
+        "0.01",
+        "--lr-steps",
+        "1",
+        "--warmup-iters",
+        "2",
+        "--workers",
+        "0",
+        "--deterministic",
+        "--seed",
+        "3",
+    ]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert train.main([*common, "--epochs", "2", "--output-dir", str(straight)]) == 0
 
     assert train.main([*common, "--epochs", "1", "--output-dir", str(split)]) == 0
-    TrainingHook(monkeypatch, at_call=0, action="sigint")  # the first iteration after resuming: epoch 1, batch 0
+    TrainingHook(
+        monkeypatch, at_call=0, action="sigint"
+    )  # the first iteration after resuming: epoch 1, batch 0
     assert train.main(["--resume", "--epochs", "2", "--output-dir", str(split)]) == 128 + signal.SIGINT
     interrupted = load_checkpoint(split / "last.pth")
-    assert (interrupted["epoch"], interrupted["iteration"], interrupted["train_state"]["epoch_iteration"]) == (1, 3, 1)
+    assert (
+        interrupted["epoch"],
+        interrupted["iteration"],
+        interrupted["train_state"]["epoch_iteration"],
+    ) == (1, 3, 1)
     monkeypatch.undo()
     assert train.main(["--resume", "--output-dir", str(split)]) == 0
 

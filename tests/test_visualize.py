@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +21,14 @@ SIGMA = 0.2
 def _mobilenet(use_f_noise: bool = True, **kwargs) -> nn.Module:
     torch.manual_seed(0)
     return maskrcnn_mobilenet_v3_large_fpn(
-        weights=None, weights_backbone=None, num_classes=5, use_f_noise=use_f_noise, f_noise_std=SIGMA,
-        min_size=160, max_size=192, **kwargs,
+        weights=None,
+        weights_backbone=None,
+        num_classes=5,
+        use_f_noise=use_f_noise,
+        f_noise_std=SIGMA,
+        min_size=160,
+        max_size=192,
+        **kwargs,
     )
 
 
@@ -36,8 +41,13 @@ def _image(synthetic_coco) -> torch.Tensor:
 def test_resnet50_perturbation_is_zero_in_eval_and_proportional_in_train(synthetic_coco):
     torch.manual_seed(0)
     model = maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=5, use_f_noise=True, f_noise_std=SIGMA,
-        min_size=128, max_size=160,
+        weights=None,
+        weights_backbone=None,
+        num_classes=5,
+        use_f_noise=True,
+        f_noise_std=SIGMA,
+        min_size=128,
+        max_size=160,
     ).train()
     image = _image(synthetic_coco)
     picture = fnoise_perturbation(model, image, seed=3)

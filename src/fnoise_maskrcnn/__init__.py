@@ -22,8 +22,11 @@ _PUBLIC = {
 __all__ = [*_PUBLIC, "__version__"]
 
 if TYPE_CHECKING:
-    from .backbone import FNoiseBackboneWithFPN
-    from .fnoise import F_NOISE_MODES, FNoise
-    from .models import build_model, maskrcnn_mobilenet_v3_large_fpn, maskrcnn_resnet50_fpn
+    from .backbone import FNoiseBackboneWithFPN as FNoiseBackboneWithFPN
+    from .fnoise import F_NOISE_MODES as F_NOISE_MODES
+    from .fnoise import FNoise as FNoise
+    from .models import build_model as build_model
+    from .models import maskrcnn_mobilenet_v3_large_fpn as maskrcnn_mobilenet_v3_large_fpn
+    from .models import maskrcnn_resnet50_fpn as maskrcnn_resnet50_fpn
 
 __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -2,10 +2,13 @@
 
 import importlib
 import sys
-from typing import Any, Callable, List, Mapping, Tuple
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
-def lazy_exports(package: str, exports: Mapping[str, str]) -> Tuple[Callable[[str], Any], Callable[[], List[str]]]:
+def lazy_exports(
+    package: str, exports: Mapping[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """Returns a module ``__getattr__`` and ``__dir__`` that import ``exports`` on first use.
 
     Args:
@@ -20,7 +23,7 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> Tuple[Callable[[st
         setattr(sys.modules[package], name, value)
         return value
 
-    def __dir__() -> List[str]:
+    def __dir__() -> list[str]:
         return sorted({*vars(sys.modules[package]), *exports})
 
     return __getattr__, __dir__

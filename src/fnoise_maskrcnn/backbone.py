@@ -1,8 +1,8 @@
 """Backbones with F-Noise between the body and the FPN."""
 
-from typing import Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
-from torch import nn, Tensor
+from torch import Tensor, nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
@@ -22,7 +22,8 @@ class FNoiseBackboneWithFPN(BackboneWithFPN):
     Args:
         backbone, return_layers, in_channels_list, out_channels, extra_blocks, norm_layer: as for
             ``torchvision.models.detection.backbone_utils.BackboneWithFPN``.
-        f_noise_std, f_noise_mode, f_noise_levels, f_noise_distribution: see :class:`FNoise`. ``f_noise_levels`` are names
+        f_noise_std, f_noise_mode, f_noise_levels, f_noise_distribution: see :class:`FNoise`.
+        ``f_noise_levels`` are names
             among ``return_layers.values()``.
 
     Shape:
@@ -33,15 +34,15 @@ class FNoiseBackboneWithFPN(BackboneWithFPN):
     def __init__(
         self,
         backbone: nn.Module,
-        return_layers: Dict[str, str],
-        in_channels_list: List[int],
+        return_layers: dict[str, str],
+        in_channels_list: list[int],
         out_channels: int,
-        extra_blocks: Optional[ExtraFPNBlock] = None,
-        norm_layer: Optional[Callable[..., nn.Module]] = None,
+        extra_blocks: ExtraFPNBlock | None = None,
+        norm_layer: Callable[..., nn.Module] | None = None,
         *,
         f_noise_std: float = 0.0,
         f_noise_mode: str = "elementwise",
-        f_noise_levels: Optional[Sequence[str]] = None,
+        f_noise_levels: Sequence[str] | None = None,
         f_noise_distribution: str = "gaussian",
     ) -> None:
         super().__init__(backbone, return_layers, in_channels_list, out_channels, extra_blocks, norm_layer)
@@ -60,7 +61,7 @@ class FNoiseBackboneWithFPN(BackboneWithFPN):
         *,
         f_noise_std: float = 0.0,
         f_noise_mode: str = "elementwise",
-        f_noise_levels: Optional[Sequence[str]] = None,
+        f_noise_levels: Sequence[str] | None = None,
         f_noise_distribution: str = "gaussian",
     ) -> "FNoiseBackboneWithFPN":
         """Adds F-Noise to an existing ``BackboneWithFPN``, sharing its ``body`` and ``fpn`` modules.
@@ -84,7 +85,8 @@ class FNoiseBackboneWithFPN(BackboneWithFPN):
         return wrapped
 
     def without_f_noise(self) -> BackboneWithFPN:
-        """A plain torchvision ``BackboneWithFPN`` sharing this backbone's ``body`` and ``fpn`` (for export)."""
+        """A plain torchvision ``BackboneWithFPN`` sharing this backbone's ``body`` and ``fpn`` (for
+        export)."""
         plain = BackboneWithFPN.__new__(BackboneWithFPN)
         nn.Module.__init__(plain)
         plain.body = self.body
@@ -92,7 +94,7 @@ class FNoiseBackboneWithFPN(BackboneWithFPN):
         plain.out_channels = self.out_channels
         return plain
 
-    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
         features = self.body(x)
         features = self.f_noise.perturb_features(features)
         return self.fpn(features)

@@ -13,8 +13,9 @@ A checkpoint is a plain dict that loads with ``torch.load(path, weights_only=Tru
 """
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple, Union
+from typing import Any
 
 import torch
 from torchvision.models.detection import MaskRCNN
@@ -34,7 +35,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "fnoise_maskrcnn"
 CHECKPOINT_VERSION = 1
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 class CheckpointError(ValueError):
@@ -42,7 +43,8 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(checkpoint: Mapping[str, Any], path: PathLike) -> None:
-    """Writes ``checkpoint`` to ``path`` atomically: a crash leaves the old file or the new one, never half of one."""
+    """Writes ``checkpoint`` to ``path`` atomically: a crash leaves the old file or the new one, never half
+    of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -62,7 +64,7 @@ def _torch_load(path: PathLike) -> Any:
         raise CheckpointError(f"{path}: cannot be loaded safely (weights_only=True): {reason}") from exc
 
 
-def load_checkpoint(path: PathLike) -> Dict[str, Any]:
+def load_checkpoint(path: PathLike) -> dict[str, Any]:
     """Loads one of our checkpoints (``weights_only=True``) and checks its form.
 
     Raises:
@@ -70,7 +72,9 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     """
     checkpoint = _torch_load(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an fnoise_maskrcnn checkpoint (no 'format': '{CHECKPOINT_FORMAT}')")
+        raise CheckpointError(
+            f"{path}: not an fnoise_maskrcnn checkpoint (no 'format': '{CHECKPOINT_FORMAT}')"
+        )
     if checkpoint.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint version {checkpoint.get('version')!r} is not supported "
@@ -82,7 +86,7 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     return checkpoint
 
 
-def load_state_dict_file(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def load_state_dict_file(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Reads model weights from a local file.
 
     Accepts one of our checkpoints, a plain ``state_dict`` (e.g. torchvision's published weights), or
@@ -104,8 +108,8 @@ def load_state_dict_file(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[
 
 
 def model_from_checkpoint(
-    checkpoint: Union[PathLike, Mapping[str, Any]], device: Union[str, torch.device] = "cpu"
-) -> Tuple[MaskRCNN, Dict[str, Any]]:
+    checkpoint: PathLike | Mapping[str, Any], device: str | torch.device = "cpu"
+) -> tuple[MaskRCNN, dict[str, Any]]:
     """Rebuilds the trained model from a checkpoint alone.
 
     Args:

@@ -3,7 +3,8 @@
 import contextlib
 import copy
 import io
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ def predictions_to_coco_results(
     image_ids: Sequence[int],
     categories: Sequence[Mapping[str, Any]],
     mask_threshold: float = 0.5,
-) -> List[Dict[str, Any]]:
+) -> list[dict[str, Any]]:
     """Converts model outputs to COCO results entries.
 
     Args:
@@ -42,7 +43,7 @@ def predictions_to_coco_results(
     if len(outputs) != len(image_ids):
         raise ValueError(f"got {len(outputs)} outputs for {len(image_ids)} image ids")
     label_to_category = {i + 1: int(c["id"]) for i, c in enumerate(categories)}
-    results: List[Dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     for output, image_id in zip(outputs, image_ids):
         boxes = output["boxes"].detach().float().cpu()
         if boxes.numel() == 0:
@@ -51,7 +52,7 @@ def predictions_to_coco_results(
         xywh[:, 2:] -= xywh[:, :2]
         scores = output["scores"].detach().float().cpu().tolist()
         labels = output["labels"].detach().cpu().tolist()
-        rles: Optional[List[Dict[str, Any]]] = None
+        rles: list[dict[str, Any]] | None = None
         if "masks" in output:
             binary = (output["masks"].detach()[:, 0] >= mask_threshold).to(torch.uint8).cpu().numpy()
             rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
@@ -72,10 +73,10 @@ def predictions_to_coco_results(
     return results
 
 
-def _per_category_ap(evaluator: COCOeval, coco_gt: COCO) -> Dict[str, Optional[float]]:
+def _per_category_ap(evaluator: COCOeval, coco_gt: COCO) -> dict[str, float | None]:
     """AP@[.5:.95] per category (area all, maxDets 100); ``None`` for a category without ground truth."""
     precision = evaluator.eval["precision"]  # [T, R, K, A, M]
-    per_category: Dict[str, Optional[float]] = {}
+    per_category: dict[str, float | None] = {}
     for k, cat_id in enumerate(evaluator.params.catIds):
         values = precision[:, :, k, 0, -1]
         values = values[values > -1]
@@ -87,10 +88,10 @@ def _per_category_ap(evaluator: COCOeval, coco_gt: COCO) -> Dict[str, Optional[f
 def evaluate_coco(
     coco_gt: COCO,
     results: Sequence[Mapping[str, Any]],
-    cat_ids: Optional[Sequence[int]] = None,
-    img_ids: Optional[Sequence[int]] = None,
+    cat_ids: Sequence[int] | None = None,
+    img_ids: Sequence[int] | None = None,
     iou_types: Sequence[str] = IOU_TYPES,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Runs COCOeval for each IoU type.
 
     Args:
@@ -106,7 +107,7 @@ def evaluate_coco(
         Values are COCOeval's, in ``[0, 1]``; ``-1`` where COCOeval has nothing to average. With no
         results at all, every AP is 0.
     """
-    metrics: Dict[str, Any] = {"per_category": {}, "summary": {}}
+    metrics: dict[str, Any] = {"per_category": {}, "summary": {}}
     cat_ids = list(cat_ids) if cat_ids is not None else sorted(coco_gt.getCatIds())
     img_ids = list(img_ids) if img_ids is not None else sorted(coco_gt.getImgIds())
     for iou_type in iou_types:
@@ -139,7 +140,7 @@ def evaluate_coco(
 def format_metrics_table(metrics: Mapping[str, Any]) -> str:
     """A plain-text table of the summary APs and the per-category APs, in percent."""
 
-    def pct(value: Optional[float]) -> str:
+    def pct(value: float | None) -> str:
         return "   n/a" if value is None or value < 0 else f"{100 * value:6.1f}"
 
     iou_types = [t for t in IOU_TYPES if t in metrics]

@@ -26,14 +26,16 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .atomic import write_text_atomic
 from .study import (
     DEFAULT_IGNORED_KEYS,
     LOSS_KEYS,
@@ -41,8 +43,8 @@ from .study import (
     Difference,
     RunError,
     Stat,
-    describe,
     _t975,
+    describe,
     difference,
     epoch_series,
     final_epoch,
@@ -54,7 +56,6 @@ from .study import (
     sigma_of,
     smooth,
 )
-from .atomic import write_text_atomic
 from .visualize import save_figure
 
 __all__ = [
@@ -93,26 +94,30 @@ STUDY_TRAIN_FLAGS = ("--workers", "0", "--print-freq", "10")
 ARM_DIRS = (("baseline", False), ("fnoise", True))
 
 #: One arm of a study: its directory name and the training flags that make it.
-ArmSpec = Tuple[str, List[str]]
+ArmSpec = tuple[str, list[str]]
 
 
-def parse_sweep(text: str) -> Tuple[str, List[str]]:
-    """``"f_noise_std=0.05,0.1"`` -> ``("f_noise_std", ["0.05", "0.1"])``; dashes in the key become underscores."""
+def parse_sweep(text: str) -> tuple[str, list[str]]:
+    """``"f_noise_std=0.05,0.1"`` -> ``("f_noise_std", ["0.05", "0.1"])``; dashes in the key become
+    underscores."""
     key, sep, values = text.partition("=")
     key = key.strip().lstrip("-").replace("-", "_")
     items = [v.strip() for v in values.split(",")]
     if not sep or not key.isidentifier() or not all(items):
-        raise argparse.ArgumentTypeError(f"expected KEY=V1,V2,... (a train flag and its values), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=V1,V2,... (a train flag and its values), got {text!r}"
+        )
     return key, items
 
 
-def study_arms(sweeps: Sequence[Tuple[str, Sequence[str]]], baseline: bool = True) -> List[ArmSpec]:
-    """The arms of a study: the baseline (unless ``baseline=False``) and one F-Noise arm per point of the grid.
+def study_arms(sweeps: Sequence[tuple[str, Sequence[str]]], baseline: bool = True) -> list[ArmSpec]:
+    """The arms of a study: the baseline (unless ``baseline=False``) and one F-Noise arm per point of the
+    grid.
 
     Without sweeps the F-Noise arm is ``train --f-noise`` with its defaults. A sweep value may hold several
     words (``f_noise_levels=0 1,3``: levels "0 1", then "3").
     """
-    arms: List[ArmSpec] = [("baseline", [])] if baseline else []
+    arms: list[ArmSpec] = [("baseline", [])] if baseline else []
     if not sweeps:
         return arms + [("fnoise", ["--f-noise"])]
     for point in itertools.product(*[[(key, value) for value in values] for key, values in sweeps]):
@@ -137,7 +142,7 @@ def _run_finished(run_dir: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- summary
-def summarize(arms: Sequence[Arm]) -> Dict[str, Any]:
+def summarize(arms: Sequence[Arm]) -> dict[str, Any]:
     """Final values per arm (mean ± std over seeds) and each F-Noise arm's difference from its baseline.
 
     Final values are those of the last epoch that every run finished (so runs of different lengths
@@ -150,7 +155,7 @@ def summarize(arms: Sequence[Arm]) -> Dict[str, Any]:
         "metric", "mean", "std", "stderr", "ci95", "paired", "n", "verdict"}]}``.
     """
     epoch = final_epoch(arms)
-    stats: List[Dict[str, Optional[Stat]]] = []
+    stats: list[dict[str, Stat | None]] = []
     for arm in arms:
         per_metric = {}
         for name, path, _ in SUMMARY_METRICS:
@@ -191,7 +196,7 @@ def summarize(arms: Sequence[Arm]) -> Dict[str, Any]:
     }
 
 
-def _apply_holm(differences: List[Dict[str, Any]]) -> Optional[str]:
+def _apply_holm(differences: list[dict[str, Any]]) -> str | None:
     """With more than one F-Noise arm, Holm-adjusts each metric's p-values over the arms (in place).
 
     The verdict then follows the adjusted p-value (beyond seed noise when it is below 0.05). Returns
@@ -209,7 +214,7 @@ def _apply_holm(differences: List[Dict[str, Any]]) -> Optional[str]:
     return applied
 
 
-def _matching_baseline(arm: Arm, arms: Sequence[Arm]) -> Optional[Arm]:
+def _matching_baseline(arm: Arm, arms: Sequence[Arm]) -> Arm | None:
     others = {k: v for k, v in arm.key.items() if not k.startswith("f_noise")}
     for candidate in arms:
         if candidate.is_baseline and {k: v for k, v in candidate.key.items() if k != "f_noise"} == others:
@@ -217,7 +222,7 @@ def _matching_baseline(arm: Arm, arms: Sequence[Arm]) -> Optional[Arm]:
     return None
 
 
-def _stat_dict(stat: Optional[Stat]) -> Optional[Dict[str, Any]]:
+def _stat_dict(stat: Stat | None) -> dict[str, Any] | None:
     if stat is None:
         return None
     return {
@@ -229,7 +234,7 @@ def _stat_dict(stat: Optional[Stat]) -> Optional[Dict[str, Any]]:
     }
 
 
-def _diff_dict(diff: Difference) -> Dict[str, Any]:
+def _diff_dict(diff: Difference) -> dict[str, Any]:
     return {
         "mean": diff.mean,
         "std": diff.std,
@@ -244,7 +249,7 @@ def _diff_dict(diff: Difference) -> Dict[str, Any]:
     }
 
 
-def _pm(stat: Optional[Dict[str, Any]]) -> str:
+def _pm(stat: dict[str, Any] | None) -> str:
     if stat is None:
         return "n/a"
     if stat["std"] is None:
@@ -252,7 +257,7 @@ def _pm(stat: Optional[Dict[str, Any]]) -> str:
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
-def summary_markdown(summary: Dict[str, Any]) -> str:
+def summary_markdown(summary: dict[str, Any]) -> str:
     """The summary as Markdown: a table of final values per arm, then the differences from baseline."""
     titles = {name: title for name, _, title in SUMMARY_METRICS}
     lines = ["# F-Noise comparison", ""]
@@ -280,9 +285,10 @@ def summary_markdown(summary: Dict[str, Any]) -> str:
             else ""
         )
         lines += [
-            "Differences from the baseline (F-Noise arm − baseline), in the metric's units (AP as a fraction: "
-            "0.01 = 1 AP point): mean ± std of the difference over seeds, 95% confidence interval (Student's "
-            "t), two-sided p-value, and whether the difference is within seed noise." + holm_note,
+            "Differences from the baseline (F-Noise arm − baseline), in the metric's units "
+            "(AP as a fraction: 0.01 = 1 AP point): mean ± std of the difference over seeds, 95% confidence "
+            "interval (Student's t), two-sided p-value, and whether the difference is within seed noise."
+            + holm_note,
             "",
             "| arm | metric | difference | 95% CI | p | Holm p | seeds | verdict |",
             "|---|---|---|---|---|---|---|---|",
@@ -301,7 +307,7 @@ def summary_markdown(summary: Dict[str, Any]) -> str:
     lines += [
         "Notes: the training loss of an F-Noise arm is computed on perturbed features, so it is expected to "
         "differ from the baseline's even if the model learns the same; the validation loss and the APs are "
-        "computed with F-Noise off. \"Within seed noise\" means these runs cannot tell the arms apart, not "
+        'computed with F-Noise off. "Within seed noise" means these runs cannot tell the arms apart, not '
         "that the arms are equal.",
         "",
     ]
@@ -309,10 +315,10 @@ def summary_markdown(summary: Dict[str, Any]) -> str:
 
 
 # -------------------------------------------------------------------------------------------- plot
-Curve = Tuple[np.ndarray, np.ndarray]
+Curve = tuple[np.ndarray, np.ndarray]
 
 
-def _aggregate(curves: List[Curve]) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _aggregate(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Mean and std (``ddof=1``; zeros for one curve) over curves at the x values they all have."""
     curves = [(x, y) for x, y in curves if x.size]
     if not curves:
@@ -327,14 +333,14 @@ def _aggregate(curves: List[Curve]) -> Optional[Tuple[np.ndarray, np.ndarray, np
     return common, stacked.mean(axis=0), std
 
 
-def _smoothing_window(arms: Sequence[Arm], requested: Optional[int]) -> int:
+def _smoothing_window(arms: Sequence[Arm], requested: int | None) -> int:
     if requested is not None:
         return max(1, requested)
     lengths = [len(run.iterations) for arm in arms for run in arm.runs]
     return max(1, round(max(lengths, default=0) / 25))
 
 
-def plot_comparison(arms: Sequence[Arm], *, smoothing: Optional[int] = None, title: str = "") -> Figure:
+def plot_comparison(arms: Sequence[Arm], *, smoothing: int | None = None, title: str = "") -> Figure:
     """The comparison figure: one column per arm plus an overlay column, one row per quantity.
 
     Per-iteration rows show each seed's raw curve faintly and the mean of the smoothed curves (centred
@@ -391,8 +397,15 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: Optional[int] = None, tit
                 if aggregated is not None:
                     x, mean, std = aggregated
                     marker = "o-" if kind == "epoch" else "-"
-                    ax.plot(x, mean, marker, color=colours[a], linewidth=1.6, markersize=4,
-                            label=arm.label if overlay else None)
+                    ax.plot(
+                        x,
+                        mean,
+                        marker,
+                        color=colours[a],
+                        linewidth=1.6,
+                        markersize=4,
+                        label=arm.label if overlay else None,
+                    )
                     ax.fill_between(x, mean - std, mean + std, color=colours[a], alpha=0.25, linewidth=0)
             if aggregated is not None:
                 _, mean, std = aggregated
@@ -420,7 +433,7 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: Optional[int] = None, tit
     return figure
 
 
-def _final_ap_points(arms: Sequence[Arm]) -> Optional[Tuple[List[float], List[str], List[List[float]], str]]:
+def _final_ap_points(arms: Sequence[Arm]) -> tuple[list[float], list[str], list[list[float]], str] | None:
     """Final segm AP per arm for the "AP vs σ" panel: x positions, tick labels, seed values, x title.
 
     x is σ when the arms differ only in ``f_noise_std`` (the baseline at σ = 0), else the arm's index.
@@ -435,17 +448,19 @@ def _final_ap_points(arms: Sequence[Arm]) -> Optional[Tuple[List[float], List[st
     noise_arms = [arm for arm in arms if not arm.is_baseline]
     stds = [sigma_of(arm.key.get("f_noise_std")) for arm in noise_arms]
     by_sigma = len(set(stds)) == len(noise_arms) and all(
-        {k: v for k, v in arm.key.items() if k != "f_noise_std"} == {k: v for k, v in noise_arms[0].key.items()
-                                                                    if k != "f_noise_std"}
+        {k: v for k, v in arm.key.items() if k != "f_noise_std"}
+        == {k: v for k, v in noise_arms[0].key.items() if k != "f_noise_std"}
         for arm in noise_arms
-    )  # fmt: skip
+    )
     if by_sigma:
         xs = [0.0 if arm.is_baseline else sigma_of(arm.key.get("f_noise_std")) for arm in arms]
         return xs, [f"{x:g}" for x in xs], values, "F-Noise σ (0: baseline)"
     return [float(i) for i in range(len(arms))], [arm.label for arm in arms], values, "arm"
 
 
-def _plot_final_ap(ax: Any, xs: List[float], ticks: List[str], values: List[List[float]], x_title: str) -> None:
+def _plot_final_ap(
+    ax: Any, xs: list[float], ticks: list[str], values: list[list[float]], x_title: str
+) -> None:
     """Mean ± 95% CI of each arm's final segm AP over seeds, with every seed's value as a faint dot."""
     for i, (x, seed_values) in enumerate(zip(xs, values)):
         if not seed_values:
@@ -472,7 +487,7 @@ def train_arms(
     jobs: int = 1,
     devices: Sequence[str] = (),
     python: str = sys.executable,
-) -> List[Path]:
+) -> list[Path]:
     """Trains every arm for each seed, ``jobs`` ``fnoise_maskrcnn.train`` processes at a time; resumable.
 
     Run ``(arm, seed)`` goes to ``output_dir/<arm>/seed<S>`` with its console output in
@@ -490,11 +505,15 @@ def train_arms(
     output_dir = Path(output_dir)
     logs = output_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    queue = [(number, arm, flags, seed) for number, (seed, (arm, flags)) in
-             enumerate(((seed, arm) for seed in seeds for arm in arms), start=1)]  # fmt: skip
+    queue = [
+        (number, arm, flags, seed)
+        for number, (seed, (arm, flags)) in enumerate(
+            ((seed, arm) for seed in seeds for arm in arms), start=1
+        )
+    ]
     free_devices = list(devices)
 
-    def one(job: Tuple[int, str, List[str], int]) -> Path:
+    def one(job: tuple[int, str, list[str], int]) -> Path:
         number, arm, flags, seed = job
         run_dir = output_dir / arm / f"seed{seed}"
         if _run_finished(run_dir):
@@ -502,7 +521,9 @@ def train_arms(
             return run_dir
         device = free_devices.pop(0) if free_devices else None
         try:
-            _train_one(python, [*defaults, *train_flags], flags, arm, seed, run_dir, logs, number, len(queue), device)
+            _train_one(
+                python, [*defaults, *train_flags], flags, arm, seed, run_dir, logs, number, len(queue), device
+            )
         finally:
             if device is not None:
                 free_devices.append(device)
@@ -515,16 +536,37 @@ def train_arms(
 
 
 def _train_one(
-    python: str, common: Sequence[str], arm_flags: Sequence[str], arm: str, seed: int, run_dir: Path,
-    logs: Path, number: int, total: int, device: Optional[str],
-) -> None:  # fmt: skip
+    python: str,
+    common: Sequence[str],
+    arm_flags: Sequence[str],
+    arm: str,
+    seed: int,
+    run_dir: Path,
+    logs: Path,
+    number: int,
+    total: int,
+    device: str | None,
+) -> None:
     """One ``train`` process (resumed when ``run_dir`` holds a checkpoint); raises RuntimeError on failure."""
     log = logs / f"{arm}-seed{seed}.log"
     resume = (run_dir / "last.pth").is_file()
-    command = [python, "-m", "fnoise_maskrcnn.train", *common, "--seed", str(seed), "--output-dir", str(run_dir),
-               *arm_flags, *(["--device", device] if device else []), *(["--resume"] if resume else [])]  # fmt: skip
-    print(f"[{number}/{total}] {arm} seed {seed} -> {run_dir}{' (resumed)' if resume else ''} (log: {log})",
-          flush=True)  # fmt: skip
+    command = [
+        python,
+        "-m",
+        "fnoise_maskrcnn.train",
+        *common,
+        "--seed",
+        str(seed),
+        "--output-dir",
+        str(run_dir),
+        *arm_flags,
+        *(["--device", device] if device else []),
+        *(["--resume"] if resume else []),
+    ]
+    print(
+        f"[{number}/{total}] {arm} seed {seed} -> {run_dir}{' (resumed)' if resume else ''} (log: {log})",
+        flush=True,
+    )
     start = time.perf_counter()
     with open(log, "a" if resume else "w") as log_file:
         log_file.write(" ".join(command) + "\n")
@@ -560,9 +602,13 @@ def _build_parser(train_mode: bool) -> argparse.ArgumentParser:
     )
     parser.add_argument("--title", default="", help="figure title")
     parser.add_argument(
-        "--ignore-key", action="append", default=[], metavar="KEY",
+        "--ignore-key",
+        action="append",
+        default=[],
+        metavar="KEY",
         help="config.json key that does not define an arm (always ignored: "
-        + ", ".join(DEFAULT_IGNORED_KEYS) + ")",
+        + ", ".join(DEFAULT_IGNORED_KEYS)
+        + ")",
     )
     study = parser.add_argument_group("training both arms")
     study.add_argument(
@@ -572,20 +618,32 @@ def _build_parser(train_mode: bool) -> argparse.ArgumentParser:
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to train (default: 0 1 2)"
     )
     study.add_argument(
-        "--sweep", action="append", type=parse_sweep, default=[], metavar="KEY=V1,V2,...",
+        "--sweep",
+        action="append",
+        type=parse_sweep,
+        default=[],
+        metavar="KEY=V1,V2,...",
         help="an F-Noise arm per value of a train flag (repeatable: a grid), e.g. f_noise_std=0.05,0.1,0.2 "
         "or f_noise_preset=deepmirror-uniform; without --sweep: one arm with --f-noise",
     )
     study.add_argument("--no-baseline", action="store_true", help="train no baseline arm")
     study.add_argument("--jobs", type=int, default=1, help="trainings at once (default 1)")
-    study.add_argument("--devices", nargs="+", metavar="DEVICE", default=[],
-                       help="devices handed to the jobs in turn, e.g. cuda:0 cuda:1 (default: train's choice)")
     study.add_argument(
-        "--no-study-defaults", action="store_true",
+        "--devices",
+        nargs="+",
+        metavar="DEVICE",
+        default=[],
+        help="devices handed to the jobs in turn, e.g. cuda:0 cuda:1 (default: train's choice)",
+    )
+    study.add_argument(
+        "--no-study-defaults",
+        action="store_true",
         help="pass only your own training flags (the study defaults: " + " ".join(STUDY_TRAIN_FLAGS) + ")",
     )
     study.add_argument(
-        "--output-dir", type=Path, default=Path("runs/fnoise-study"),
+        "--output-dir",
+        type=Path,
+        default=Path("runs/fnoise-study"),
         help="study directory: runs in OUTPUT_DIR/<arm>/seed<S> (default: runs/fnoise-study); running the "
         "same command again keeps finished runs and resumes interrupted ones",
     )
@@ -595,13 +653,16 @@ def _build_parser(train_mode: bool) -> argparse.ArgumentParser:
 def _check_train_flags(
     parser: argparse.ArgumentParser, defaults: Sequence[str], flags: Sequence[str], arms: Sequence[ArmSpec]
 ) -> None:
-    """Rejects flags compare sets itself, and lets train's parser check every arm's flags before anything runs."""
+    """Rejects flags compare sets itself, and lets train's parser check every arm's flags before anything
+    runs."""
     from .train import build_parser as build_train_parser
 
     for flag in flags:
         name = flag.split("=", 1)[0]
         if name in ("--seed", "--output-dir", "--resume", "--test-only", "--device"):
-            parser.error(f"{name} is set by compare for each run; use --seeds, --output-dir, --devices of compare")
+            parser.error(
+                f"{name} is set by compare for each run; use --seeds, --output-dir, --devices of compare"
+            )
         if name == "--f-noise":
             parser.error("--f-noise is added by compare to the F-Noise arms only; leave it out")
     train_parser = build_train_parser()
@@ -614,7 +675,7 @@ def _check_train_flags(
         train_parser.parse_args([*defaults, *flags, *arm_flags, "--seed", "0"])
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     train_mode = "--train" in argv
     parser = _build_parser(train_mode)
@@ -632,8 +693,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _check_train_flags(parser, defaults, train_flags, arms)
         out = args.out or args.output_dir / "comparison.png"
         try:
-            run_dirs = train_arms(args.seeds, args.output_dir, train_flags, defaults=defaults, arms=arms,
-                                  jobs=args.jobs, devices=args.devices)  # fmt: skip
+            run_dirs = train_arms(
+                args.seeds,
+                args.output_dir,
+                train_flags,
+                defaults=defaults,
+                arms=arms,
+                jobs=args.jobs,
+                devices=args.devices,
+            )
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -6,7 +6,7 @@ the training code calls them unconditionally.
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -43,7 +43,7 @@ class DistributedContext:
         return self.rank == 0
 
 
-def init_distributed(device: Optional[str]) -> DistributedContext:
+def init_distributed(device: str | None) -> DistributedContext:
     """Initialises the default process group when started by ``torchrun`` (``RANK``/``WORLD_SIZE`` set).
 
     The backend is NCCL when the processes run on CUDA and gloo on the CPU. Each process uses
@@ -87,7 +87,7 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def all_reduce_sum(values: Dict[str, float], device: torch.device) -> Dict[str, float]:
+def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Sums a dict of floats over all processes (one collective call); identity in a single process.
 
     Every process must pass the same keys.
@@ -100,11 +100,11 @@ def all_reduce_sum(values: Dict[str, float], device: torch.device) -> Dict[str, 
     return dict(zip(keys, tensor.tolist()))
 
 
-def all_gather_objects(obj: Any) -> List[Any]:
+def all_gather_objects(obj: Any) -> list[Any]:
     """Gathers one picklable object from every process, in rank order (``[obj]`` in a single process)."""
     if not is_distributed():
         return [obj]
-    gathered: List[Any] = [None] * dist.get_world_size()
+    gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
 

@@ -13,11 +13,12 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any
 
 import torch
-from torch import nn, Tensor
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Sampler
 
@@ -74,8 +75,8 @@ class StopSignal:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self._previous: Dict[int, Any] = {}
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopSignal":
         try:
@@ -159,9 +160,9 @@ class TrainState:
     epoch: int = 0
     epoch_iteration: int = 0
     iteration: int = 0
-    loss_sums: Dict[str, float] = field(default_factory=dict)
+    loss_sums: dict[str, float] = field(default_factory=dict)
     loss_count: int = 0
-    nsr_sums: Dict[str, float] = field(default_factory=dict)
+    nsr_sums: dict[str, float] = field(default_factory=dict)
     nsr_count: int = 0
 
     def start_epoch(self, epoch: int) -> None:
@@ -170,7 +171,7 @@ class TrainState:
         self.loss_sums, self.loss_count = {}, 0
         self.nsr_sums, self.nsr_count = {}, 0
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "epoch_iteration": self.epoch_iteration,
@@ -185,10 +186,10 @@ class TrainState:
     def from_state_dict(cls, state: Mapping[str, Any]) -> "TrainState":
         return cls(**{k: state[k] for k in cls.__dataclass_fields__ if k in state})
 
-    def mean_losses(self) -> Dict[str, float]:
+    def mean_losses(self) -> dict[str, float]:
         return {k: v / max(self.loss_count, 1) for k, v in self.loss_sums.items()}
 
-    def mean_nsr(self) -> Optional[Dict[str, float]]:
+    def mean_nsr(self) -> dict[str, float] | None:
         if not self.nsr_count:
             return None
         return {k: v / self.nsr_count for k, v in sorted(self.nsr_sums.items())}
@@ -217,13 +218,13 @@ class DataRng:
         return batch
 
 
-class _SkipBatches(Sampler[List[int]]):
-    def __init__(self, batch_sampler: Sampler[List[int]], skip: int) -> None:
+class _SkipBatches(Sampler[list[int]]):
+    def __init__(self, batch_sampler: Sampler[list[int]], skip: int) -> None:
         self.batch_sampler = batch_sampler
         self.sampler = getattr(batch_sampler, "sampler", None)
         self.skip = skip
 
-    def __iter__(self) -> Iterator[List[int]]:
+    def __iter__(self) -> Iterator[list[int]]:
         for i, batch in enumerate(self.batch_sampler):
             if i >= self.skip:
                 yield batch
@@ -252,7 +253,7 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device.type, dtype=dtype, enabled=enabled)
 
 
-def _peak_memory_mb(device: torch.device) -> Tuple[str, float]:
+def _peak_memory_mb(device: torch.device) -> tuple[str, float]:
     """``("max mem", MiB allocated by tensors)`` on CUDA, ``("max rss", MiB resident)`` on the CPU."""
     if device.type == "cuda":
         return "max mem", torch.cuda.max_memory_allocated(device) / 2**20
@@ -263,13 +264,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _f_noise_of(model: nn.Module) -> Optional[FNoise]:
+def _f_noise_of(model: nn.Module) -> FNoise | None:
     f_noise = getattr(_unwrap(model).backbone, "f_noise", None)
     return f_noise if isinstance(f_noise, FNoise) and f_noise.std > 0 else None
 
 
-def _sigma_in_force(f_noise: Optional[FNoise]) -> Optional[float | Dict[str, float]]:
-    """F-Noise's sigma this iteration: a number, or ``{level: sigma}`` with per-level sigmas; None without F-Noise."""
+def _sigma_in_force(f_noise: FNoise | None) -> float | dict[str, float] | None:
+    """F-Noise's sigma this iteration: a number, or ``{level: sigma}`` with per-level sigmas; None without
+    F-Noise."""
     if f_noise is None:
         return None
     if f_noise.level_std:
@@ -277,7 +279,7 @@ def _sigma_in_force(f_noise: Optional[FNoise]) -> Optional[float | Dict[str, flo
     return f_noise.std * f_noise.scale
 
 
-def _sigma_scalars(sigma: Optional[float | Dict[str, float]]) -> Dict[str, float]:
+def _sigma_scalars(sigma: float | dict[str, float] | None) -> dict[str, float]:
     if sigma is None:
         return {}
     if isinstance(sigma, dict):
@@ -285,7 +287,7 @@ def _sigma_scalars(sigma: Optional[float | Dict[str, float]]) -> Dict[str, float
     return {"f_noise_std": sigma}
 
 
-def _noise_to_signal(f_noise: FNoise) -> Dict[str, float]:
+def _noise_to_signal(f_noise: FNoise) -> dict[str, float]:
     """``||perturbation|| / ||input||`` per recorded level (over the whole batch)."""
     ratios = {}
     for name, x in f_noise.recorded_inputs.items():
@@ -298,7 +300,8 @@ def _noise_to_signal(f_noise: FNoise) -> Dict[str, float]:
 def _to_device(images: Sequence[Tensor], targets: Sequence[Mapping[str, Any]], device: torch.device):
     images = [image.to(device, non_blocking=True) for image in images]
     targets = [
-        {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in t.items()} for t in targets
+        {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in t.items()}
+        for t in targets
     ]
     return images, targets
 
@@ -319,12 +322,12 @@ def train_one_epoch(
     iters_in_epoch: int,
     logger: RunLogger,
     stop: StopSignal,
-    scaler: Optional[torch.amp.GradScaler] = None,
+    scaler: torch.amp.GradScaler | None = None,
     amp: bool = False,
     clip_grad: float = 0.0,
     print_freq: int = 20,
-    on_iteration: Optional[Callable[[int, Sequence[Tensor]], None]] = None,
-    f_noise_schedule: Optional[Callable[[int], float]] = None,
+    on_iteration: Callable[[int, Sequence[Tensor]], None] | None = None,
+    f_noise_schedule: Callable[[int], float] | None = None,
 ) -> None:
     """Trains over ``data_loader`` (the rest of epoch ``state.epoch``), updating ``state`` in place.
 
@@ -371,7 +374,9 @@ def train_one_epoch(
             loss_dict = model(images, targets)
         losses = sum(loss_dict.values())
 
-        local = dict(zip(LOSS_NAMES, torch.stack([loss_dict[k].detach().float() for k in LOSS_NAMES]).tolist()))
+        local = dict(
+            zip(LOSS_NAMES, torch.stack([loss_dict[k].detach().float() for k in LOSS_NAMES]).tolist())
+        )
         local["loss"] = float(losses.detach())
         local["stop"] = float(stop.signum is not None)
         reduced = dist_utils.all_reduce_sum(local, device)
@@ -384,7 +389,7 @@ def train_one_epoch(
                 f_noise.clear_records()
             raise NonFiniteLossError(state.iteration, state.epoch, values)
 
-        nsr: Dict[str, float] = {}
+        nsr: dict[str, float] = {}
         if f_noise is not None and f_noise.record:
             nsr = _noise_to_signal(f_noise)
             f_noise.record = False
@@ -473,13 +478,15 @@ def _validation_loss_mode(model: nn.Module, device: torch.device) -> Iterator[No
 
 
 @torch.no_grad()
-def evaluate_losses(model: nn.Module, data_loader: DataLoader, device: torch.device, amp: bool = False) -> Dict[str, float]:
+def evaluate_losses(
+    model: nn.Module, data_loader: DataLoader, device: torch.device, amp: bool = False
+) -> dict[str, float]:
     """Mean validation losses (total and the five components), averaged over all processes' images.
 
     Uses the unwrapped model (no DDP); see :func:`_validation_loss_mode` for what is switched off.
     """
     model = _unwrap(model)
-    sums: Dict[str, float] = {k: 0.0 for k in ("loss", *LOSS_NAMES)}
+    sums: dict[str, float] = {k: 0.0 for k in ("loss", *LOSS_NAMES)}
     batches = 0
     with _validation_loss_mode(model, device):
         for images, targets in data_loader:
@@ -504,7 +511,7 @@ def evaluate_ap(
     categories: Sequence[Mapping[str, Any]],
     coco_gt: Any,
     amp: bool = False,
-) -> Optional[Dict[str, Any]]:
+) -> dict[str, Any] | None:
     """COCO bbox and segm AP of the model on ``data_loader``'s images, gathered across processes.
 
     Returns :func:`fnoise_maskrcnn.coco_eval.evaluate_coco`'s dict, plus ``num_images`` (images
@@ -514,7 +521,7 @@ def evaluate_ap(
     model = _unwrap(model)
     was_training = model.training
     model.eval()
-    per_image: Dict[int, List[Dict[str, Any]]] = {}
+    per_image: dict[int, list[dict[str, Any]]] = {}
     try:
         for images, targets in data_loader:
             images = [image.to(device, non_blocking=True) for image in images]
@@ -529,7 +536,7 @@ def evaluate_ap(
     gathered = dist_utils.all_gather_objects(per_image)
     if not dist_utils.is_main_process():
         return None
-    merged: Dict[int, List[Dict[str, Any]]] = {}
+    merged: dict[int, list[dict[str, Any]]] = {}
     for part in gathered:
         merged.update(part)
     results = [entry for image_id in sorted(merged) for entry in merged[image_id]]

@@ -23,16 +23,17 @@ import copy
 import io
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import torch
 
+from .atomic import write_bytes_atomic
 from .checkpoint import CheckpointError, model_from_checkpoint
 from .coco_eval import STAT_NAMES, evaluate_coco, format_metrics_table, predictions_to_coco_results
 from .data import CocoInstances, DatasetError, collate_fn
-from .atomic import write_bytes_atomic
 from .inference import ImageError, predict_batch, resolve_device
 
 __all__ = ["BACKENDS", "run_cocoeval", "match_categories", "evaluate_checkpoint", "main"]
@@ -48,7 +49,7 @@ def run_cocoeval(
     cat_ids: Sequence[int],
     img_ids: Sequence[int],
     backend: str = "pycocotools",
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Runs COCOeval (evaluate, accumulate, summarize) with one backend, silently.
 
     Args:
@@ -82,13 +83,13 @@ def run_cocoeval(
     )
 
 
-def _metrics_faster(gt_dataset: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+def _metrics_faster(gt_dataset: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The dict of :func:`fnoise_maskrcnn.coco_eval.evaluate_coco`, computed with faster-coco-eval."""
     categories = sorted(gt_dataset["categories"], key=lambda c: c["id"])
     cat_ids = [c["id"] for c in categories]
     img_ids = sorted(img["id"] for img in gt_dataset["images"])
     with_instances = {a["category_id"] for a in gt_dataset["annotations"]}
-    metrics: Dict[str, Any] = {"per_category": {}, "summary": {}}
+    metrics: dict[str, Any] = {"per_category": {}, "summary": {}}
     for iou_type in IOU_TYPES:
         entries = [r for r in results if iou_type == "bbox" or "segmentation" in r]
         if not entries:
@@ -114,7 +115,7 @@ def match_categories(
     model_categories: Sequence[Mapping[str, Any]],
     data_categories: Sequence[Mapping[str, Any]],
     ann_file: Path,
-) -> Tuple[List[Dict[str, Any]], List[str], List[str]]:
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """Checks that categories with the same id have the same name in the model and the data.
 
     Returns:
@@ -143,11 +144,11 @@ def evaluate_checkpoint(
     image_dir: Path,
     *,
     batch_size: int = 2,
-    device: Optional[str] = "auto",
+    device: str | None = "auto",
     workers: int = 0,
-    max_images: Optional[int] = None,
+    max_images: int | None = None,
     backend: str = "pycocotools",
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Predicts on every image of the set and evaluates; returns the metrics dict written as JSON.
 
     Returns:
@@ -168,7 +169,7 @@ def evaluate_checkpoint(
         pin_memory=torch_device.type == "cuda",
     )
     data_ids = {c["id"] for c in dataset.categories}
-    results: List[Dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     for images, targets in loader:
         outputs = predict_batch(model, list(images), device=torch_device)
         entries = predictions_to_coco_results(outputs, [t["image_id"] for t in targets], ckpt["categories"])
@@ -193,7 +194,7 @@ def evaluate_checkpoint(
     return metrics
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fnoise_maskrcnn.evaluate",
         description="COCO bbox and segm AP of a checkpoint on a COCO-format set (printed, and as JSON).",

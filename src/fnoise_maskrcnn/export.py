@@ -25,15 +25,16 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 from torchvision.models.detection import MaskRCNN
 
+from .atomic import atomic_path
 from .backbone import FNoiseBackboneWithFPN
 from .checkpoint import CheckpointError, model_from_checkpoint
-from .atomic import atomic_path
 
 __all__ = ["FORMATS", "ONNX_OPSET", "strip_f_noise", "export_onnx", "export_torchscript", "main"]
 
@@ -51,7 +52,7 @@ def strip_f_noise(model: MaskRCNN) -> MaskRCNN:
     return model
 
 
-def _metadata(checkpoint: Mapping[str, Any]) -> Dict[str, str]:
+def _metadata(checkpoint: Mapping[str, Any]) -> dict[str, str]:
     return {
         "categories": json.dumps(list(checkpoint["categories"])),
         "model_config": json.dumps(checkpoint["model_config"]),
@@ -65,7 +66,7 @@ def _example_image(model: MaskRCNN) -> torch.Tensor:
     return torch.rand(3, size, size * 5 // 4, generator=generator)
 
 
-def export_onnx(model: MaskRCNN, path: Path, metadata: Optional[Mapping[str, str]] = None) -> None:
+def export_onnx(model: MaskRCNN, path: Path, metadata: Mapping[str, str] | None = None) -> None:
     """Writes ``model`` (eval mode, F-Noise stripped) to ``path`` as ONNX with dynamic ``H``, ``W`` and ``N``.
 
     The file is written atomically; ``metadata`` goes into the model's ``metadata_props``.
@@ -103,7 +104,7 @@ def export_onnx(model: MaskRCNN, path: Path, metadata: Optional[Mapping[str, str
         onnx.save(proto, str(tmp))
 
 
-def export_torchscript(model: MaskRCNN, path: Path, metadata: Optional[Mapping[str, str]] = None) -> None:
+def export_torchscript(model: MaskRCNN, path: Path, metadata: Mapping[str, str] | None = None) -> None:
     """Writes ``torch.jit.script(model)`` to ``path`` atomically; ``metadata`` as ``<key>.json`` files."""
     with warnings.catch_warnings():
         # torch.jit is deprecated in favour of torch.export, which cannot yet take torchvision's
@@ -119,7 +120,7 @@ def export_torchscript(model: MaskRCNN, path: Path, metadata: Optional[Mapping[s
             torch.jit.save(scripted, str(tmp), _extra_files=extra_files)
 
 
-def export(checkpoint: Path, fmt: str, out: Path, score_thresh: Optional[float] = None) -> None:
+def export(checkpoint: Path, fmt: str, out: Path, score_thresh: float | None = None) -> None:
     """Loads ``checkpoint``, strips F-Noise and writes the model to ``out`` in format ``fmt``."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
@@ -134,7 +135,7 @@ def export(checkpoint: Path, fmt: str, out: Path, score_thresh: Optional[float] 
         export_torchscript(model, out, _metadata(ckpt))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fnoise_maskrcnn.export",
         description="Export a checkpoint to ONNX (one image per run, any size) or TorchScript.",

@@ -2,13 +2,20 @@
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import nn, Tensor
+from torch import Tensor, nn
 
-__all__ = ["FNoise", "FNoiseSchedule", "F_NOISE_MODES", "F_NOISE_DISTRIBUTIONS", "F_NOISE_PRESETS", "F_NOISE_SCHEDULES"]
+__all__ = [
+    "FNoise",
+    "FNoiseSchedule",
+    "F_NOISE_MODES",
+    "F_NOISE_DISTRIBUTIONS",
+    "F_NOISE_PRESETS",
+    "F_NOISE_SCHEDULES",
+]
 
 F_NOISE_MODES = ("elementwise", "channel", "sample", "tensor", "additive-hw")
 F_NOISE_DISTRIBUTIONS = ("gaussian", "uniform")
@@ -17,8 +24,13 @@ _SQRT3 = math.sqrt(3.0)
 
 #: Named F-Noise settings that reproduce definitions used elsewhere. ``deepmirror-uniform``: the original
 #: task's definition, every backbone feature multiplied by U(0.8, 1.2) (std 0.2/sqrt(3) = 0.115).
-F_NOISE_PRESETS: Dict[str, Dict[str, object]] = {
-    "deepmirror-uniform": {"std": 0.2 / _SQRT3, "mode": "elementwise", "distribution": "uniform", "levels": None},
+F_NOISE_PRESETS: dict[str, dict[str, object]] = {
+    "deepmirror-uniform": {
+        "std": 0.2 / _SQRT3,
+        "mode": "elementwise",
+        "distribution": "uniform",
+        "levels": None,
+    },
     # The seed report 001: N(mean(x), 0.1) noise of shape [H, W], broadcast over batch and channels, added to
     # C5 only; it does not scale with |x| (mode "additive-hw").
     "seed-report-001": {"std": 0.1, "mode": "additive-hw", "distribution": "gaussian", "levels": ["3"]},
@@ -28,80 +40,81 @@ F_NOISE_PRESETS: Dict[str, Dict[str, object]] = {
 class FNoise(nn.Module):
     r"""Perturbs feature maps with noise proportional to their magnitude, in training mode only.
 
-    For a feature map ``x`` of shape ``[N, C, H, W]`` it returns
+        For a feature map ``x`` of shape ``[N, C, H, W]`` it returns
 
-    .. math::
-        y = x + \sigma \cdot m(x) \cdot \varepsilon, \qquad \varepsilon \text{ i.i.d. per element,}
+        .. math::
+            y = x + \sigma \cdot m(x) \cdot \varepsilon, \qquad \varepsilon \text{ i.i.d. per element,}
 
-with ``eps ~ N(0, 1)`` (``distribution="gaussian"``, the default) or ``eps ~ U(-sqrt(3), sqrt(3))``
-(``distribution="uniform"``), both of unit variance, so ``sigma`` is the standard deviation of the
-relative noise either way,
+    with ``eps ~ N(0, 1)`` (``distribution="gaussian"``, the default) or ``eps ~ U(-sqrt(3), sqrt(3))``
+    (``distribution="uniform"``), both of unit variance, so ``sigma`` is the standard deviation of the
+    relative noise either way,
 
-    where the magnitude ``m(x)`` depends on ``mode``:
+        where the magnitude ``m(x)`` depends on ``mode``:
 
-    - ``"elementwise"`` (default): ``m = |x|``, shape ``[N, C, H, W]``. Since ``sign(x) * eps`` is
-      again a standard normal variable, this is in distribution the multiplicative Gaussian noise of
-      Gaussian dropout, ``y = x * (1 + sigma * eps')``, and it is computed in that form: one random
-      tensor and one multiplication, with the random tensor the only thing saved for backward. With
-      ``"uniform"`` it is ``y = x * u``, ``u ~ U(1 - a, 1 + a)``, ``a = sigma * sqrt(3)``: at
-      ``sigma = 0.2 / sqrt(3)`` exactly the U(0.8, 1.2) multiplicative noise of the ``deepmirror-uniform``
-      preset.
-    - ``"channel"``: mean of ``|x|`` over ``H, W``, shape ``[N, C, 1, 1]``.
-    - ``"sample"``: root mean square of ``x`` over ``C, H, W`` (the L2 norm divided by
-      ``sqrt(C * H * W)``), shape ``[N, 1, 1, 1]``.
-    - ``"tensor"``: mean of ``|x|`` over the whole batch tensor, a scalar.
-    - ``"additive-hw"``: not proportional to the magnitude; ``y = x + mean(x) + sigma * eps`` with one
-      ``eps`` of shape ``[H, W]`` broadcast over batch and channels, i.e. noise drawn from
-      ``N(mean(x), sigma^2)`` per pixel: the definition of the seed report 001 (preset ``seed-report-001``).
+        - ``"elementwise"`` (default): ``m = |x|``, shape ``[N, C, H, W]``. Since ``sign(x) * eps`` is
+          again a standard normal variable, this is in distribution the multiplicative Gaussian noise of
+          Gaussian dropout, ``y = x * (1 + sigma * eps')``, and it is computed in that form: one random
+          tensor and one multiplication, with the random tensor the only thing saved for backward. With
+          ``"uniform"`` it is ``y = x * u``, ``u ~ U(1 - a, 1 + a)``, ``a = sigma * sqrt(3)``: at
+          ``sigma = 0.2 / sqrt(3)`` exactly the U(0.8, 1.2) multiplicative noise of the ``deepmirror-uniform``
+          preset.
+        - ``"channel"``: mean of ``|x|`` over ``H, W``, shape ``[N, C, 1, 1]``.
+        - ``"sample"``: root mean square of ``x`` over ``C, H, W`` (the L2 norm divided by
+          ``sqrt(C * H * W)``), shape ``[N, 1, 1, 1]``.
+        - ``"tensor"``: mean of ``|x|`` over the whole batch tensor, a scalar.
+        - ``"additive-hw"``: not proportional to the magnitude; ``y = x + mean(x) + sigma * eps`` with one
+          ``eps`` of shape ``[H, W]`` broadcast over batch and channels, i.e. noise drawn from
+          ``N(mean(x), sigma^2)`` per pixel: the definition of the seed report 001 (preset
+          ``seed-report-001``).
 
-    Gradients flow through ``m(x)``: ``y`` is differentiated as written. For ``"elementwise"`` this
-    gives the Gaussian-dropout gradient ``dy/dx = 1 + sigma * sign(x) * eps``.
+        Gradients flow through ``m(x)``: ``y`` is differentiated as written. For ``"elementwise"`` this
+        gives the Gaussian-dropout gradient ``dy/dx = 1 + sigma * sign(x) * eps``.
 
-    In eval mode, or when ``std == 0``, the input object itself is returned: no copy, no random
-    numbers drawn. The module has no parameters or buffers, so it adds nothing to a ``state_dict``.
+        In eval mode, or when ``std == 0``, the input object itself is returned: no copy, no random
+        numbers drawn. The module has no parameters or buffers, so it adds nothing to a ``state_dict``.
 
-    Args:
-        std: noise scale ``sigma``, finite and ``>= 0``; or a mapping level name -> sigma (e.g.
-            ``{"0": 0.0, "3": 0.2}``): only the named levels are perturbed, each with its own sigma, and a
-            level with sigma 0 is passed through untouched at no cost. :attr:`scale` multiplies every
-            sigma (a schedule sets it per iteration; 1 by default).
-        mode: one of ``"elementwise"``, ``"channel"``, ``"sample"``, ``"tensor"``.
-        distribution: ``"gaussian"`` or ``"uniform"``: the law of ``eps`` (unit variance either way).
-        levels: names of the feature maps to perturb when the input is a dict (e.g. ``("3",)`` for
-            C5 of a ResNet body); ``None`` perturbs every map. A plain tensor input is always perturbed.
-        available_levels: the names the input dict will have, if known; ``levels`` is then checked
-            against them at construction.
-        generator: optional ``torch.Generator`` for the noise; by default the global RNG is used, so
-            ``torch.manual_seed`` makes the noise reproducible.
-        record: if True, keep the last input and perturbation ``y - x`` of each perturbed level,
-            detached, in :attr:`recorded_inputs` and :attr:`recorded_perturbations`. Off by
-            default, and free when off.
+        Args:
+            std: noise scale ``sigma``, finite and ``>= 0``; or a mapping level name -> sigma (e.g.
+                ``{"0": 0.0, "3": 0.2}``): only the named levels are perturbed, each with its own sigma, and a
+                level with sigma 0 is passed through untouched at no cost. :attr:`scale` multiplies every
+                sigma (a schedule sets it per iteration; 1 by default).
+            mode: one of ``"elementwise"``, ``"channel"``, ``"sample"``, ``"tensor"``.
+            distribution: ``"gaussian"`` or ``"uniform"``: the law of ``eps`` (unit variance either way).
+            levels: names of the feature maps to perturb when the input is a dict (e.g. ``("3",)`` for
+                C5 of a ResNet body); ``None`` perturbs every map. A plain tensor input is always perturbed.
+            available_levels: the names the input dict will have, if known; ``levels`` is then checked
+                against them at construction.
+            generator: optional ``torch.Generator`` for the noise; by default the global RNG is used, so
+                ``torch.manual_seed`` makes the noise reproducible.
+            record: if True, keep the last input and perturbation ``y - x`` of each perturbed level,
+                detached, in :attr:`recorded_inputs` and :attr:`recorded_perturbations`. Off by
+                default, and free when off.
 
-    Shape:
-        - Input: ``Tensor[N, C, H, W]`` or an ordered ``Dict[str, Tensor[N, C_i, H_i, W_i]]``, as
-          returned by a backbone body.
-        - Output: the same structure, shapes and dtypes.
+        Shape:
+            - Input: ``Tensor[N, C, H, W]`` or an ordered ``Dict[str, Tensor[N, C_i, H_i, W_i]]``, as
+              returned by a backbone body.
+            - Output: the same structure, shapes and dtypes.
     """
 
-    generator: Optional[torch.Generator]
-    levels: Optional[List[str]]
-    level_std: Dict[str, float]
-    recorded_inputs: Dict[str, Tensor]
-    recorded_perturbations: Dict[str, Tensor]
+    generator: torch.Generator | None
+    levels: list[str] | None
+    level_std: dict[str, float]
+    recorded_inputs: dict[str, Tensor]
+    recorded_perturbations: dict[str, Tensor]
 
     def __init__(
         self,
-        std: Union[float, Mapping[str, float]] = 0.1,
+        std: float | Mapping[str, float] = 0.1,
         mode: str = "elementwise",
-        levels: Optional[Sequence[str]] = None,
+        levels: Sequence[str] | None = None,
         *,
         distribution: str = "gaussian",
-        available_levels: Optional[Sequence[str]] = None,
-        generator: Optional[torch.Generator] = None,
+        available_levels: Sequence[str] | None = None,
+        generator: torch.Generator | None = None,
         record: bool = False,
     ) -> None:
         super().__init__()
-        level_std: Dict[str, float] = {}
+        level_std: dict[str, float] = {}
         if isinstance(std, Mapping):
             if levels is not None:
                 raise ValueError("f_noise: give either a per-level std mapping or levels, not both")
@@ -116,11 +129,14 @@ relative noise either way,
             raise ValueError(f"f_noise mode must be one of {', '.join(F_NOISE_MODES)}; got {mode!r}")
         if distribution not in F_NOISE_DISTRIBUTIONS:
             raise ValueError(
-                f"f_noise distribution must be one of {', '.join(F_NOISE_DISTRIBUTIONS)}; got {distribution!r}"
+                f"f_noise distribution must be one of {', '.join(F_NOISE_DISTRIBUTIONS)}; "
+                f"got {distribution!r}"
             )
         if levels is not None:
             if isinstance(levels, str):
-                raise ValueError(f"f_noise levels must be a sequence of level names, got the string {levels!r}")
+                raise ValueError(
+                    f"f_noise levels must be a sequence of level names, got the string {levels!r}"
+                )
             levels = [str(level) for level in levels]
             if not levels:
                 raise ValueError("f_noise levels must name at least one level, or be None for all levels")
@@ -151,14 +167,14 @@ relative noise either way,
         base = self.level_std[name] if name in self.level_std else self.std
         return base * self.scale
 
-    def forward(self, x: Union[Tensor, Dict[str, Tensor]]) -> Union[Tensor, Dict[str, Tensor]]:
+    def forward(self, x: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
         if isinstance(x, Tensor):
             if not self.training or self.std * self.scale == 0.0:
                 return x
             return self._perturb(x, "", self.std * self.scale)
         return self.perturb_features(x)
 
-    def perturb_features(self, features: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    def perturb_features(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         """Perturbs the selected levels of a backbone body's output; returns a new ordered dict."""
         if not self.training or self.std * self.scale == 0.0:
             return features
@@ -167,7 +183,7 @@ relative noise either way,
             for level in levels:
                 if level not in features:
                     raise ValueError(f"unknown f_noise level {level}; allowed: {', '.join(features.keys())}")
-        out: Dict[str, Tensor] = OrderedDict()
+        out: dict[str, Tensor] = OrderedDict()
         for name, feature in features.items():
             std = self.std_for(name)
             out[name] = self._perturb(feature, name, std) if std > 0.0 else feature  # sigma 0 costs nothing
@@ -185,7 +201,9 @@ relative noise either way,
         if self.mode == "elementwise":
             if uniform:
                 half_width = std * math.sqrt(3.0)
-                factor = torch.empty_like(x).uniform_(1.0 - half_width, 1.0 + half_width, generator=self.generator)
+                factor = torch.empty_like(x).uniform_(
+                    1.0 - half_width, 1.0 + half_width, generator=self.generator
+                )
             else:
                 factor = torch.empty_like(x).normal_(1.0, std, generator=self.generator)
             y = x * factor
@@ -226,7 +244,12 @@ relative noise either way,
 
 
 def _check_std(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise ValueError(f"f_noise std must be a finite number >= 0, got {value!r}")
     return float(value)
 
@@ -251,16 +274,20 @@ class FNoiseSchedule:
     end_factor: float = 1.0
     total_iters: int = 1
     iters_per_epoch: int = 1
-    step_epochs: Tuple[int, ...] = ()
+    step_epochs: tuple[int, ...] = ()
     warmup_iters: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in F_NOISE_SCHEDULES:
-            raise ValueError(f"f_noise schedule must be one of {', '.join(F_NOISE_SCHEDULES)}; got {self.kind!r}")
+            raise ValueError(
+                f"f_noise schedule must be one of {', '.join(F_NOISE_SCHEDULES)}; got {self.kind!r}"
+            )
         if self.kind == "step" and not self.step_epochs:
             raise ValueError("the step f_noise schedule needs the epochs at which sigma steps")
         if not (math.isfinite(self.end_factor) and self.end_factor >= 0):
-            raise ValueError(f"f_noise schedule end factor must be a finite number >= 0, got {self.end_factor}")
+            raise ValueError(
+                f"f_noise schedule end factor must be a finite number >= 0, got {self.end_factor}"
+            )
 
     def __call__(self, iteration: int) -> float:
         progress = min(iteration, self.total_iters - 1) / max(self.total_iters - 1, 1)

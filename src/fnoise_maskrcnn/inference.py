@@ -8,8 +8,9 @@ detection models.
 import colorsys
 import io
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +38,8 @@ __all__ = [
     "category_names",
 ]
 
-PathLike = Union[str, os.PathLike]
-Output = Dict[str, torch.Tensor]
+PathLike = str | os.PathLike
+Output = dict[str, torch.Tensor]
 
 #: Soft masks are binarised at this value, as in torchvision's references and ``coco_eval``.
 MASK_THRESHOLD = 0.5
@@ -52,7 +53,7 @@ class ImageTooLargeError(ImageError):
     """An image has more pixels than allowed."""
 
 
-def resolve_device(name: Optional[str]) -> torch.device:
+def resolve_device(name: str | None) -> torch.device:
     """``None`` or ``"auto"``: the GPU when there is one, else the CPU; otherwise ``torch.device(name)``."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -62,7 +63,7 @@ def resolve_device(name: Optional[str]) -> torch.device:
     return device
 
 
-def open_image(data: bytes, max_pixels: Optional[int] = None, source: str = "image") -> Image.Image:
+def open_image(data: bytes, max_pixels: int | None = None, source: str = "image") -> Image.Image:
     """Opens encoded image bytes and checks the size from the header, before decoding any pixel.
 
     Raises:
@@ -83,7 +84,7 @@ def open_image(data: bytes, max_pixels: Optional[int] = None, source: str = "ima
     return image
 
 
-def decode_image(data: bytes, max_pixels: Optional[int] = None, source: str = "image") -> torch.Tensor:
+def decode_image(data: bytes, max_pixels: int | None = None, source: str = "image") -> torch.Tensor:
     """Decodes image bytes to RGB ``float32 [3, H, W]`` in ``[0, 1]``, upright and 8-bit as in training
     (:func:`fnoise_maskrcnn.image_io.to_rgb`).
 
@@ -98,7 +99,7 @@ def decode_image(data: bytes, max_pixels: Optional[int] = None, source: str = "i
     return F.to_dtype(F.pil_to_tensor(rgb), torch.float32, scale=True)
 
 
-def read_image(path: PathLike, max_pixels: Optional[int] = None) -> torch.Tensor:
+def read_image(path: PathLike, max_pixels: int | None = None) -> torch.Tensor:
     """Reads an image file as :func:`decode_image` does; the error names the file."""
     path = Path(path)
     try:
@@ -118,9 +119,9 @@ def filter_by_score(output: Mapping[str, torch.Tensor], score_thresh: float) -> 
 def predict_batch(
     model: MaskRCNN,
     images: Sequence[torch.Tensor],
-    score_thresh: Optional[float] = None,
-    device: Optional[torch.device] = None,
-) -> List[Output]:
+    score_thresh: float | None = None,
+    device: torch.device | None = None,
+) -> list[Output]:
     """Runs the model (in eval mode) on a batch of images of any sizes.
 
     Args:
@@ -151,7 +152,7 @@ def predict_batch(
     return [filter_by_score({k: v.cpu() for k, v in output.items()}, score_thresh) for output in outputs]
 
 
-def category_names(categories: Sequence[Mapping[str, Any]], labels: torch.Tensor) -> List[str]:
+def category_names(categories: Sequence[Mapping[str, Any]], labels: torch.Tensor) -> list[str]:
     """Category name of each label (``label i`` is ``categories[i - 1]``)."""
     return [str(categories[int(label) - 1]["name"]) for label in labels]
 
@@ -181,7 +182,7 @@ def draw_overlay(
     return draw_bounding_boxes(canvas, output["boxes"], labels=captions, colors=colors, width=2)
 
 
-def _palette(n: int) -> List[tuple]:
+def _palette(n: int) -> list[tuple]:
     """``n`` distinct, deterministic RGB colours (evenly spaced hues)."""
     return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(n, 1), 0.85, 0.95)) for i in range(n)]
 
@@ -193,9 +194,7 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-
-
-def encode_masks(masks: torch.Tensor) -> List[Dict[str, Any]]:
+def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
     """COCO compressed RLE of soft masks ``float32 [N, 1, H, W]`` binarised at 0.5; ``counts`` as ``str``."""
     if masks.shape[0] == 0:
         return []
@@ -206,7 +205,7 @@ def encode_masks(masks: torch.Tensor) -> List[Dict[str, Any]]:
 
 def instances_to_json(
     output: Mapping[str, torch.Tensor], categories: Sequence[Mapping[str, Any]]
-) -> List[Dict[str, Any]]:
+) -> list[dict[str, Any]]:
     """One JSON-able dict per detection: ``box`` (XYXY pixels), ``label`` (1..K), ``category_id``
     (the original dataset id), ``name``, ``score``, and ``mask`` (COCO RLE) when the output has masks."""
     rles = encode_masks(output["masks"]) if "masks" in output else None

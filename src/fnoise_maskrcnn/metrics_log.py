@@ -12,8 +12,9 @@ what the interrupted one wrote after its last checkpoint.
 """
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
@@ -54,9 +55,9 @@ class RunLogger:
             it (left by the interrupted run) are discarded.
     """
 
-    def __init__(self, output_dir: Path, enabled: bool = True, purge_step: Optional[int] = None) -> None:
+    def __init__(self, output_dir: Path, enabled: bool = True, purge_step: int | None = None) -> None:
         self.enabled = enabled
-        self.writer: Optional[SummaryWriter] = None
+        self.writer: SummaryWriter | None = None
         self._file = None
         if enabled:
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -64,18 +65,19 @@ class RunLogger:
             self._file = open(output_dir / METRICS_FILE, "a", buffering=1)
 
     def scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:
-        """Writes TensorBoard scalars ``prefix + name`` at ``step`` (every iteration, not to metrics.jsonl)."""
+        """Writes TensorBoard scalars ``prefix + name`` at ``step`` (every iteration, not to
+        metrics.jsonl)."""
         if self.writer is None:
             return
         for name, value in values.items():
             if value is not None:
                 self.writer.add_scalar(prefix + name, value, step)
 
-    def iteration(self, record: Dict[str, Any]) -> None:
+    def iteration(self, record: dict[str, Any]) -> None:
         """Appends an ``"iter"`` record to metrics.jsonl (TensorBoard is written by :meth:`scalars`)."""
         self._write({"type": "iter", **record})
 
-    def epoch(self, record: Dict[str, Any]) -> None:
+    def epoch(self, record: dict[str, Any]) -> None:
         """Appends an ``"epoch"`` record and writes its numbers to TensorBoard at ``record["iteration"]``."""
         self._write({"type": "epoch", **record})
         step = record["iteration"]
@@ -83,11 +85,13 @@ class RunLogger:
             if record.get(group):
                 self.scalars(record[group], step, prefix=f"epoch_{group}/")
         if record.get("f_noise_nsr"):
-            self.scalars({f"level_{k}": v for k, v in record["f_noise_nsr"].items()}, step, prefix="f_noise_nsr/")
+            self.scalars(
+                {f"level_{k}": v for k, v in record["f_noise_nsr"].items()}, step, prefix="f_noise_nsr/"
+            )
         if self.writer is not None:
             self.writer.flush()
 
-    def _write(self, record: Dict[str, Any]) -> None:
+    def _write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
 

@@ -12,8 +12,9 @@ import copy
 import functools
 import math
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any
 from urllib.error import URLError
 
 import torch
@@ -34,10 +35,16 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import misc as misc_nn_ops
 
 from .backbone import FNoiseBackboneWithFPN
-from .fnoise import FNoise
 from .checkpoint import load_state_dict_file
+from .fnoise import FNoise
 
-__all__ = ["ARCHITECTURES", "NORMS", "maskrcnn_resnet50_fpn", "maskrcnn_mobilenet_v3_large_fpn", "build_model"]
+__all__ = [
+    "ARCHITECTURES",
+    "NORMS",
+    "maskrcnn_resnet50_fpn",
+    "maskrcnn_mobilenet_v3_large_fpn",
+    "build_model",
+]
 
 ARCHITECTURES = ("resnet50", "mobilenet_v3")
 #: Normalisation choices. ``bn``: BatchNorm (torchvision's default from scratch); ``frozen_bn``: frozen
@@ -47,7 +54,7 @@ ARCHITECTURES = ("resnet50", "mobilenet_v3")
 NORMS = ("bn", "frozen_bn", "gn", "syncbn")
 GROUP_NORM_GROUPS = 32
 
-WeightsArg = Optional[Union[WeightsEnum, str, os.PathLike]]
+WeightsArg = WeightsEnum | str | os.PathLike | None
 
 
 class _LocalPath(str):
@@ -76,12 +83,14 @@ def _is_local_path(value: Any) -> bool:
     """A weights argument names a local file if it is a path object or a string that looks like one."""
     if isinstance(value, (os.PathLike, _LocalPath)):
         return True
-    return isinstance(value, str) and (os.sep in value or value.endswith((".pth", ".pt")) or Path(value).exists())
+    return isinstance(value, str) and (
+        os.sep in value or value.endswith((".pth", ".pt")) or Path(value).exists()
+    )
 
 
 def _load_weights(
-    weights: WeightsArg, enum_type: Optional[type], argument: str, progress: bool
-) -> Tuple[Optional[Dict[str, torch.Tensor]], Dict[str, Any], Optional[WeightsEnum]]:
+    weights: WeightsArg, enum_type: type | None, argument: str, progress: bool
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any], WeightsEnum | None]:
     """Resolves a weights argument to ``(state_dict, our model_config or {}, enum or None)``.
 
     Enums and their names (``"DEFAULT"``, ``"COCO_V1"`` ...) download as in torchvision; local paths
@@ -95,13 +104,16 @@ def _load_weights(
         state_dict, config = load_state_dict_file(weights)
         return state_dict, config, None
     if enum_type is None:
-        raise ValueError(f"{argument}: torchvision publishes no weights for this model; pass a local file path")
+        raise ValueError(
+            f"{argument}: torchvision publishes no weights for this model; pass a local file path"
+        )
     try:
         enum = enum_type.verify(weights)
     except KeyError:
         names = ", ".join(enum_type.__members__)  # aliases such as DEFAULT included
         raise ValueError(
-            f"{argument}: unknown weights {weights!r}; allowed: {names}, a {enum_type.__name__} or a local file path"
+            f"{argument}: unknown weights {weights!r}; allowed: {names}, a {enum_type.__name__} "
+            "or a local file path"
         ) from None
     try:
         state_dict = enum.get_state_dict(progress=progress, check_hash=True)
@@ -120,7 +132,8 @@ def _num_classes_of(state_dict: Mapping[str, torch.Tensor]) -> int:
 
 
 def _replace_predictors(model: MaskRCNN, num_classes: int) -> None:
-    """Gives the box and mask heads new predictors for ``num_classes`` (as torchvision's fine-tuning tutorial)."""
+    """Gives the box and mask heads new predictors for ``num_classes`` (as torchvision's fine-tuning
+    tutorial)."""
     in_features = model.roi_heads.box_predictor.cls_score.in_features
     model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
     mask_in = model.roi_heads.mask_predictor.conv5_mask.in_channels
@@ -129,12 +142,14 @@ def _replace_predictors(model: MaskRCNN, num_classes: int) -> None:
 
 
 def group_norm(num_channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups, or the largest divisor of ``num_channels`` dividing 32 (MobileNetV3's 40, 72...)."""
+    """GroupNorm with 32 groups, or the largest divisor of ``num_channels`` dividing 32 (MobileNetV3's 40,
+    72...)."""
     return nn.GroupNorm(math.gcd(GROUP_NORM_GROUPS, num_channels), num_channels)
 
 
-def _resolve_norm(norm: Optional[str], frozen_batchnorm: Optional[bool], is_trained: bool) -> str:
-    """The normalisation to build: ``norm`` if given, else the legacy ``frozen_batchnorm`` flag, else torchvision's rule."""
+def _resolve_norm(norm: str | None, frozen_batchnorm: bool | None, is_trained: bool) -> str:
+    """The normalisation to build: ``norm`` if given, else the legacy ``frozen_batchnorm`` flag, else
+    torchvision's rule."""
     if norm is not None:
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
@@ -144,8 +159,9 @@ def _resolve_norm(norm: Optional[str], frozen_batchnorm: Optional[bool], is_trai
     return "frozen_bn" if is_trained else "bn"
 
 
-def _gn_heads(out_channels: int) -> Dict[str, nn.Module]:
-    """The GroupNorm box head (4conv1fc, as torchvision's v2 model) and mask head (4 convs) of the GN recipe."""
+def _gn_heads(out_channels: int) -> dict[str, nn.Module]:
+    """The GroupNorm box head (4conv1fc, as torchvision's v2 model) and mask head (4 convs) of the GN
+    recipe."""
     return {
         "box_head": FastRCNNConvFCHead((out_channels, 7, 7), [256] * 4, [1024], norm_layer=group_norm),
         "mask_head": MaskRCNNHeads(out_channels, [256] * 4, 1, norm_layer=group_norm),
@@ -186,17 +202,17 @@ def _build(
     *,
     weights: WeightsArg,
     progress: bool,
-    num_classes: Optional[int],
+    num_classes: int | None,
     weights_backbone: WeightsArg,
-    trainable_backbone_layers: Optional[int],
+    trainable_backbone_layers: int | None,
     use_f_noise: bool,
-    f_noise_std: Union[float, Mapping[str, float]],
+    f_noise_std: float | Mapping[str, float],
     f_noise_mode: str,
-    f_noise_levels: Optional[Sequence[str]],
+    f_noise_levels: Sequence[str] | None,
     f_noise_distribution: str = "gaussian",
-    norm: Optional[str] = None,
-    frozen_batchnorm: Optional[bool] = None,
-    anchor_sizes: Optional[Sequence[int]] = None,
+    norm: str | None = None,
+    frozen_batchnorm: bool | None = None,
+    anchor_sizes: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> MaskRCNN:
     """Builds a Mask R-CNN the way torchvision's factories do, with an F-Noise backbone.
@@ -213,8 +229,11 @@ def _build(
     else:
         raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {arch!r}")
     model_kwargs = dict(kwargs)
-    # Bad F-Noise arguments fail before any weights are read or built (levels are checked again by the backbone).
-    FNoise(f_noise_std if use_f_noise else 0.0, f_noise_mode, f_noise_levels, distribution=f_noise_distribution)
+    # Bad F-Noise arguments fail before any weights are read or built (levels are checked again by the
+    # backbone).
+    FNoise(
+        f_noise_std if use_f_noise else 0.0, f_noise_mode, f_noise_levels, distribution=f_noise_distribution
+    )
 
     state_dict, source_config, weights_enum = _load_weights(weights, detector_enum, "weights", progress)
     target_num_classes = num_classes
@@ -228,16 +247,20 @@ def _build(
     if target_num_classes is None:
         target_num_classes = num_classes
 
-    backbone_state, _, backbone_weights_enum = _load_weights(weights_backbone, backbone_enum, "weights_backbone", progress)
+    backbone_state, _, backbone_weights_enum = _load_weights(
+        weights_backbone, backbone_enum, "weights_backbone", progress
+    )
     is_trained = state_dict is not None or backbone_state is not None
     if norm is None and frozen_batchnorm is None:
-        trainable_backbone_layers = _validate_trainable_layers(is_trained, trainable_backbone_layers, max_trainable, 3)
+        trainable_backbone_layers = _validate_trainable_layers(
+            is_trained, trainable_backbone_layers, max_trainable, 3
+        )
     elif trainable_backbone_layers is None:
         trainable_backbone_layers = max_trainable
     norm = _resolve_norm(norm, frozen_batchnorm, is_trained)
     norm_layer = {"frozen_bn": misc_nn_ops.FrozenBatchNorm2d, "gn": group_norm}.get(norm, nn.BatchNorm2d)
     fpn_norm = group_norm if norm == "gn" else None
-    head_kwargs: Dict[str, Any] = _gn_heads(256) if norm == "gn" else {}
+    head_kwargs: dict[str, Any] = _gn_heads(256) if norm == "gn" else {}
     if anchor_sizes is not None:
         anchor_sizes = [int(size) for size in anchor_sizes]
         head_kwargs["rpn_anchor_generator"] = _anchor_generator(arch, anchor_sizes)
@@ -248,7 +271,9 @@ def _build(
         "f_noise_levels": f_noise_levels,
         "f_noise_distribution": f_noise_distribution,
     }
-    backbone = _backbone(arch, norm_layer, fpn_norm, backbone_state, trainable_backbone_layers, progress, f_noise)
+    backbone = _backbone(
+        arch, norm_layer, fpn_norm, backbone_state, trainable_backbone_layers, progress, f_noise
+    )
     if arch == "mobilenet_v3":
         head_kwargs.setdefault("rpn_anchor_generator", _anchor_generator(arch, [32, 64, 128, 256, 512]))
     model = MaskRCNN(backbone, num_classes=num_classes, **head_kwargs, **model_kwargs)
@@ -268,7 +293,9 @@ def _build(
         "trainable_backbone_layers": trainable_backbone_layers,
         "norm": norm,
         "anchor_sizes": anchor_sizes,
-        "f_noise": _f_noise_config(use_f_noise, f_noise_std, f_noise_mode, f_noise_distribution, f_noise_levels),
+        "f_noise": _f_noise_config(
+            use_f_noise, f_noise_std, f_noise_mode, f_noise_distribution, f_noise_levels
+        ),
         "model_kwargs": copy.deepcopy(model_kwargs),
     }
     return model
@@ -277,13 +304,14 @@ def _build(
 def _backbone(
     arch: str,
     norm_layer: Callable[..., nn.Module],
-    fpn_norm: Optional[Callable[..., nn.Module]],
-    backbone_state: Optional[Dict[str, torch.Tensor]],
+    fpn_norm: Callable[..., nn.Module] | None,
+    backbone_state: dict[str, torch.Tensor] | None,
     trainable_layers: int,
     progress: bool,
     f_noise: Mapping[str, Any],
 ) -> FNoiseBackboneWithFPN:
-    """The body (with ``backbone_state`` loaded) and FPN from torchvision's own extractors, with F-Noise between."""
+    """The body (with ``backbone_state`` loaded) and FPN from torchvision's own extractors, with F-Noise
+    between."""
     if arch == "resnet50":
         body = resnet50(weights=None, progress=progress, norm_layer=norm_layer)
     else:
@@ -298,9 +326,12 @@ def _backbone(
 
 
 def _f_noise_config(
-    enabled: bool, std: Union[float, Mapping[str, float]], mode: str, distribution: str,
-    levels: Optional[Sequence[str]],
-) -> Dict[str, Any]:  # fmt: skip
+    enabled: bool,
+    std: float | Mapping[str, float],
+    mode: str,
+    distribution: str,
+    levels: Sequence[str] | None,
+) -> dict[str, Any]:
     """The ``f_noise`` part of ``build_config``, as plain JSON-able values."""
     return {
         "enabled": bool(enabled),
@@ -320,16 +351,16 @@ def maskrcnn_resnet50_fpn(
     *,
     weights: WeightsArg = None,
     progress: bool = True,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
     weights_backbone: WeightsArg = ResNet50_Weights.IMAGENET1K_V1,
-    trainable_backbone_layers: Optional[int] = None,
+    trainable_backbone_layers: int | None = None,
     use_f_noise: bool = False,
-    f_noise_std: Union[float, Mapping[str, float]] = 0.1,
+    f_noise_std: float | Mapping[str, float] = 0.1,
     f_noise_mode: str = "elementwise",
-    f_noise_levels: Optional[Sequence[str]] = None,
+    f_noise_levels: Sequence[str] | None = None,
     f_noise_distribution: str = "gaussian",
-    norm: Optional[str] = None,
-    anchor_sizes: Optional[Sequence[int]] = None,
+    norm: str | None = None,
+    anchor_sizes: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> MaskRCNN:
     """Mask R-CNN with a ResNet-50-FPN backbone and optional F-Noise between ResNet body and FPN.
@@ -394,18 +425,18 @@ def maskrcnn_resnet50_fpn(
 @handle_legacy_interface(weights_backbone=("pretrained_backbone", MobileNet_V3_Large_Weights.IMAGENET1K_V1))
 def maskrcnn_mobilenet_v3_large_fpn(
     *,
-    weights: Optional[Union[str, os.PathLike]] = None,
+    weights: str | os.PathLike | None = None,
     progress: bool = True,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
     weights_backbone: WeightsArg = MobileNet_V3_Large_Weights.IMAGENET1K_V1,
-    trainable_backbone_layers: Optional[int] = None,
+    trainable_backbone_layers: int | None = None,
     use_f_noise: bool = False,
-    f_noise_std: Union[float, Mapping[str, float]] = 0.1,
+    f_noise_std: float | Mapping[str, float] = 0.1,
     f_noise_mode: str = "elementwise",
-    f_noise_levels: Optional[Sequence[str]] = None,
+    f_noise_levels: Sequence[str] | None = None,
     f_noise_distribution: str = "gaussian",
-    norm: Optional[str] = None,
-    anchor_sizes: Optional[Sequence[int]] = None,
+    norm: str | None = None,
+    anchor_sizes: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> MaskRCNN:
     """Mask R-CNN with a MobileNetV3-Large-FPN backbone and optional F-Noise: the CPU-friendly variant.
@@ -445,8 +476,8 @@ def build_model(
 
     Args:
         config: ``{"arch", "num_classes", "trainable_backbone_layers", "norm",
-            "f_noise": {"enabled", "std", "mode", "distribution", "levels"}, "model_kwargs": {...}}``; missing keys
-            take the factories' defaults (no F-Noise, ResNet-50).
+            "f_noise": {"enabled", "std", "mode", "distribution", "levels"}, "model_kwargs": {...}}``;
+            missing keys take the factories' defaults (no F-Noise, ResNet-50).
         weights, weights_backbone: optional initial weights, as for the factories.
     """
     f_noise = config.get("f_noise") or {}

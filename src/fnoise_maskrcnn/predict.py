@@ -14,9 +14,10 @@ the file can be scored with pycocotools directly.
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -35,14 +36,14 @@ from .inference import (
 __all__ = ["main", "output_names", "image_ids_from_annotations"]
 
 
-def output_names(images: Sequence[Path]) -> List[str]:
+def output_names(images: Sequence[Path]) -> list[str]:
     """Overlay file names: ``<stem>.png``, with ``-<position>`` appended where stems collide."""
     stems = [p.stem for p in images]
     duplicated = {s for s in stems if stems.count(s) > 1}
     return [f"{s}-{i + 1}.png" if s in duplicated else f"{s}.png" for i, s in enumerate(stems)]
 
 
-def image_ids_from_annotations(images: Sequence[Path], ann_file: Path) -> List[int]:
+def image_ids_from_annotations(images: Sequence[Path], ann_file: Path) -> list[int]:
     """The id of each image in a COCO annotation file, matched on the file name (without folders).
 
     Raises:
@@ -89,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _batches(items: Sequence[Any], size: int) -> List[Sequence[Any]]:
+def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -100,10 +101,10 @@ def run(
     *,
     score_thresh: float = 0.5,
     batch_size: int = 4,
-    device: Optional[str] = "auto",
-    image_ids: Optional[Sequence[int]] = None,
+    device: str | None = "auto",
+    image_ids: Sequence[int] | None = None,
     results_name: str = "results.json",
-) -> List[Dict[str, Any]]:
+) -> list[dict[str, Any]]:
     """Predicts on ``images`` and writes overlays and the results file; returns the results entries.
 
     Images are decoded in a background thread one batch ahead of the model.
@@ -115,10 +116,10 @@ def run(
     names = output_names(images)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    results: List[Dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     batches = _batches(list(range(len(images))), batch_size)
 
-    def decode(indices: Sequence[int]) -> List[torch.Tensor]:
+    def decode(indices: Sequence[int]) -> list[torch.Tensor]:
         return [read_image(images[i]) for i in indices]
 
     with ThreadPoolExecutor(max_workers=1) as decoder:
@@ -140,7 +141,7 @@ def run(
     return results
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not 0.0 <= args.score_thresh <= 1.0:

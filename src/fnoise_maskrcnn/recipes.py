@@ -10,8 +10,9 @@ Each recipe's values were chosen by measured runs; ``docs/training.md`` and
 """
 
 import copy
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Dict, Mapping
+from typing import Any
 
 __all__ = ["RECIPES", "RECIPE_HELP", "LIGHT_HEADS", "recipe_defaults"]
 
@@ -28,10 +29,12 @@ LIGHT_HEADS = (
 
 
 def _light_heads(**overrides: int) -> list:
-    return [[key, overrides.pop(key, value)] for key, value in LIGHT_HEADS] + [[k, v] for k, v in overrides.items()]
+    return [[key, overrides.pop(key, value)] for key, value in LIGHT_HEADS] + [
+        [k, v] for k, v in overrides.items()
+    ]
 
 
-_RECIPES: Dict[str, Dict[str, Any]] = {
+_RECIPES: dict[str, dict[str, Any]] = {
     # torchvision's references/detection defaults for Mask R-CNN: 26 epochs, lr 0.02 per 16 images
     # (scaled linearly), steps at epochs 16 and 22, 1000 warmup iterations, 800/1333 px, BatchNorm as
     # torchvision's rule gives it.
@@ -121,7 +124,7 @@ RECIPES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 )
 
 
-def recipe_defaults(name: str) -> Dict[str, Any]:
+def recipe_defaults(name: str) -> dict[str, Any]:
     """A copy of recipe ``name``'s values (lists copied too), ready for ``parser.set_defaults``."""
     if name not in RECIPES:
         raise KeyError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")

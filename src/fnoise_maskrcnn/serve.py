@@ -29,8 +29,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import torch
 
@@ -79,9 +80,7 @@ class ModelService:
         device: ``"auto"`` (GPU when there is one), ``"cpu"``, ``"cuda"`` ...
     """
 
-    def __init__(
-        self, checkpoint: Union[str, Path, Mapping[str, Any]], device: Optional[str] = "auto"
-    ) -> None:
+    def __init__(self, checkpoint: str | Path | Mapping[str, Any], device: str | None = "auto") -> None:
         self.device = resolve_device(device)
         self.model, ckpt = model_from_checkpoint(checkpoint, device=self.device)
         self.categories = list(ckpt["categories"])
@@ -90,13 +89,14 @@ class ModelService:
         self.epoch = ckpt.get("epoch")
         self._lock = threading.Lock()
 
-    def predict(self, image: torch.Tensor, score_thresh: Optional[float] = None) -> Dict[str, torch.Tensor]:
+    def predict(self, image: torch.Tensor, score_thresh: float | None = None) -> dict[str, torch.Tensor]:
         """Detections with ``score >= score_thresh`` for one ``float32 [3, H, W]`` image, thresholded inside
-        the model so that dropped detections' masks are never pasted (see :func:`.inference.predict_batch`)."""
+        the model so that dropped detections' masks are never pasted (see
+        :func:`.inference.predict_batch`)."""
         with self._lock:
             return predict_batch(self.model, [image], score_thresh, device=self.device)[0]
 
-    def metadata(self) -> Dict[str, Any]:
+    def metadata(self) -> dict[str, Any]:
         transform = self.model.transform
         return {
             "checkpoint": self.checkpoint_name,
@@ -117,7 +117,7 @@ def _bad_request(status: int, detail: str) -> "HTTPException":
     return HTTPException(status_code=status, detail=detail)
 
 
-def _parse_score_thresh(value: Optional[str], default: float) -> float:
+def _parse_score_thresh(value: str | None, default: float) -> float:
     if value is None:
         return default
     try:
@@ -130,12 +130,12 @@ def _parse_score_thresh(value: Optional[str], default: float) -> float:
 
 
 def create_app(
-    checkpoint: Union[str, Path, Mapping[str, Any], ModelService],
+    checkpoint: str | Path | Mapping[str, Any] | ModelService,
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     score_thresh: float = 0.5,
-    device: Optional[str] = "auto",
+    device: str | None = "auto",
 ) -> "FastAPI":
     """The FastAPI application serving one model.
 
@@ -153,11 +153,11 @@ def create_app(
     app.state.service = service
 
     @app.get("/health")
-    def health() -> Dict[str, str]:
+    def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/model")
-    def model_metadata() -> Dict[str, Any]:
+    def model_metadata() -> dict[str, Any]:
         return {**service.metadata(), **limits}
 
     @app.post("/predict", responses={200: {"content": {"image/png": {}}}})
@@ -234,7 +234,7 @@ def running_server(app: "FastAPI", host: str = "127.0.0.1", timeout: float = 30.
         sock.close()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fnoise_maskrcnn.serve",
         description="Serve a checkpoint over HTTP: POST /predict (multipart 'image'), GET /health, /model.",

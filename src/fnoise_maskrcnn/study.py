@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,15 @@ F_NOISE_KEYS = ("f_noise", "f_noise_std", "f_noise_mode", "f_noise_dist", "f_noi
 #: config.json keys that never make two runs different arms: the seed, bookkeeping that does not change
 #: what is learnt, and ``model_config`` (derived from the flags that are compared themselves).
 DEFAULT_IGNORED_KEYS = (
-    "seed", "output_dir", "resume", "print_freq", "visualize_every", "workers", "threads", "device", "test_only",
+    "seed",
+    "output_dir",
+    "resume",
+    "print_freq",
+    "visualize_every",
+    "workers",
+    "threads",
+    "device",
+    "test_only",
     "eval_every",
     "model_config",
 )
@@ -65,9 +74,9 @@ class Run:
     """
 
     path: Path
-    config: Dict[str, Any]
-    iterations: List[Dict[str, Any]]
-    epochs: List[Dict[str, Any]]
+    config: dict[str, Any]
+    iterations: list[dict[str, Any]]
+    epochs: list[dict[str, Any]]
 
     @property
     def seed(self) -> Any:
@@ -86,15 +95,15 @@ class Arm:
     """
 
     label: str
-    key: Dict[str, Any]
-    runs: List[Run] = field(default_factory=list)
+    key: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
 
     @property
     def is_baseline(self) -> bool:
         return not self.key.get("f_noise")
 
     @property
-    def seeds(self) -> List[Any]:
+    def seeds(self) -> list[Any]:
         return [run.seed for run in self.runs]
 
 
@@ -103,10 +112,10 @@ class Stat:
     """Mean and sample standard deviation (``ddof=1``; ``None`` for one value) of ``values`` over seeds."""
 
     mean: float
-    std: Optional[float]
+    std: float | None
     n: int
-    values: Tuple[float, ...]
-    seeds: Tuple[Any, ...]
+    values: tuple[float, ...]
+    seeds: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -127,14 +136,14 @@ class Difference:
     """
 
     mean: float
-    std: Optional[float]
-    stderr: Optional[float]
-    ci95: Optional[Tuple[float, float]]
+    std: float | None
+    stderr: float | None
+    ci95: tuple[float, float] | None
     paired: bool
     n: int
     verdict: str
-    df: Optional[float] = None
-    p: Optional[float] = None
+    df: float | None = None
+    p: float | None = None
 
 
 def _read_json(path: Path) -> Any:
@@ -195,7 +204,7 @@ def load_run(path: Path) -> Run:
     return Run(path, config, iterations, epochs)
 
 
-def _arm_config(config: Mapping[str, Any], ignored: Iterable[str]) -> Dict[str, Any]:
+def _arm_config(config: Mapping[str, Any], ignored: Iterable[str]) -> dict[str, Any]:
     """The configuration that matters for grouping: ignored keys removed, F-Noise settings only if on."""
     ignored = set(ignored)
     kept = {k: v for k, v in config.items() if k not in ignored}
@@ -247,7 +256,7 @@ def _label(key: Mapping[str, Any]) -> str:
     return ", ".join([label, *others])
 
 
-def group_runs(runs: Sequence[Run], ignored_keys: Iterable[str] = DEFAULT_IGNORED_KEYS) -> List[Arm]:
+def group_runs(runs: Sequence[Run], ignored_keys: Iterable[str] = DEFAULT_IGNORED_KEYS) -> list[Arm]:
     """Groups runs into arms by configuration; baseline arms first, then F-Noise arms by sigma.
 
     An arm's key holds the F-Noise settings and every other configuration value that differs between
@@ -260,10 +269,11 @@ def group_runs(runs: Sequence[Run], ignored_keys: Iterable[str] = DEFAULT_IGNORE
     configs = [_arm_config(run.config, ignored) for run in runs]
     all_keys = sorted({k for config in configs for k in config})
     varying = [
-        k for k in all_keys
+        k
+        for k in all_keys
         if k not in F_NOISE_KEYS and len({_canonical(config.get(k)) for config in configs}) > 1
     ]
-    arms: Dict[str, Arm] = {}
+    arms: dict[str, Arm] = {}
     for run, config in zip(runs, configs):
         key = {k: config[k] for k in F_NOISE_KEYS if k in config}
         key.update({k: config.get(k) for k in varying})
@@ -279,14 +289,14 @@ def group_runs(runs: Sequence[Run], ignored_keys: Iterable[str] = DEFAULT_IGNORE
     for arm in arms.values():
         arm.runs.sort(key=lambda r: _canonical(r.seed))
 
-    def order(arm: Arm) -> Tuple:
+    def order(arm: Arm) -> tuple:
         std = sigma_of(arm.key.get("f_noise_std")) if arm.key.get("f_noise") else -1.0
         return (not arm.is_baseline, std, arm.label)
 
     return sorted(arms.values(), key=order)
 
 
-def _nested(record: Mapping[str, Any], path: str) -> Optional[float]:
+def _nested(record: Mapping[str, Any], path: str) -> float | None:
     value: Any = record
     for part in path.split("."):
         if not isinstance(value, Mapping) or part not in value:
@@ -297,17 +307,17 @@ def _nested(record: Mapping[str, Any], path: str) -> Optional[float]:
     return float(value)
 
 
-def iteration_series(run: Run, key: str) -> Tuple[np.ndarray, np.ndarray]:
+def iteration_series(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
     """``(iterations int64 [T], values float64 [T])`` of an ``"iter"`` key (e.g. ``"loss"``); gaps skipped."""
     return _points([(r["iteration"], _nested(r, key)) for r in run.iterations])
 
 
-def epoch_series(run: Run, path: str) -> Tuple[np.ndarray, np.ndarray]:
+def epoch_series(run: Run, path: str) -> tuple[np.ndarray, np.ndarray]:
     """``(epochs int64 [E], values float64 [E])`` of a dotted epoch key (``"bbox.AP"``); gaps skipped."""
     return _points([(r["epoch"], _nested(r, path)) for r in run.epochs])
 
 
-def _points(points: List[Tuple[int, Optional[float]]]) -> Tuple[np.ndarray, np.ndarray]:
+def _points(points: list[tuple[int, float | None]]) -> tuple[np.ndarray, np.ndarray]:
     kept = [(x, y) for x, y in points if y is not None]
     return np.array([x for x, _ in kept], dtype=np.int64), np.array([y for _, y in kept], dtype=np.float64)
 
@@ -322,7 +332,7 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return sums / counts
 
 
-def final_epoch(arms: Sequence[Arm]) -> Optional[int]:
+def final_epoch(arms: Sequence[Arm]) -> int | None:
     """The last epoch that every run of every arm has finished (``None`` if some run has no epoch yet)."""
     lasts = [run.epochs[-1]["epoch"] if run.epochs else None for arm in arms for run in arm.runs]
     if not lasts or any(last is None for last in lasts):
@@ -330,7 +340,7 @@ def final_epoch(arms: Sequence[Arm]) -> Optional[int]:
     return min(lasts)
 
 
-def final_values(arm: Arm, path: str, epoch: int) -> Tuple[List[float], List[Any]]:
+def final_values(arm: Arm, path: str, epoch: int) -> tuple[list[float], list[Any]]:
     """Values of a dotted epoch key at ``epoch`` for each run of the arm that has it, and their seeds."""
     values, seeds = [], []
     for run in arm.runs:
@@ -342,7 +352,7 @@ def final_values(arm: Arm, path: str, epoch: int) -> Tuple[List[float], List[Any
     return values, seeds
 
 
-def describe(values: Sequence[float], seeds: Sequence[Any] = ()) -> Optional[Stat]:
+def describe(values: Sequence[float], seeds: Sequence[Any] = ()) -> Stat | None:
     """Mean and sample std of ``values`` (``None`` when empty)."""
     if not values:
         return None
@@ -352,9 +362,38 @@ def describe(values: Sequence[float], seeds: Sequence[Any] = ()) -> Optional[Sta
 
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def _t975(df: float) -> float:
@@ -371,8 +410,10 @@ def _betacf(a: float, b: float, x: float) -> float:
     d = 1.0 / (d if abs(d) > tiny else tiny)
     result = d
     for m in range(1, 300):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):  # fmt: skip
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1.0 + numerator * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + numerator / c
@@ -402,7 +443,7 @@ def t_two_sided_p(t: float, df: float) -> float:
     return _betainc(df / 2.0, 0.5, df / (df + t * t))
 
 
-def holm(p_values: Sequence[float]) -> List[float]:
+def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjustment of ``p_values`` (family-wise error rate), in the input order."""
     m = len(p_values)
     order = sorted(range(m), key=lambda i: p_values[i])

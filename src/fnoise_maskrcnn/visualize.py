@@ -24,21 +24,21 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
-from torch import nn, Tensor
+from torch import Tensor, nn
 
 from .atomic import atomic_path
-from .image_io import to_rgb
 from .fnoise import F_NOISE_MODES, FNoise
+from .image_io import to_rgb
 
 __all__ = [
     "LevelPicture",
@@ -49,6 +49,7 @@ __all__ = [
     "log_fnoise_pictures",
     "main",
 ]
+
 
 @dataclass(frozen=True)
 class LevelPicture:
@@ -89,8 +90,8 @@ class FNoisePicture:
     """
 
     image: Tensor
-    train: List[LevelPicture]
-    eval: List[LevelPicture]
+    train: list[LevelPicture]
+    eval: list[LevelPicture]
     std: float
     mode: str
     seed: int
@@ -151,9 +152,9 @@ def fnoise_perturbation(
     model: nn.Module,
     image: Tensor,
     *,
-    std: Optional[float] = None,
-    mode: Optional[str] = None,
-    levels: Optional[Sequence[str]] = None,
+    std: float | None = None,
+    mode: str | None = None,
+    levels: Sequence[str] | None = None,
     seed: int = 0,
     note: str = "",
 ) -> FNoisePicture:
@@ -228,8 +229,13 @@ def plot_fnoise(picture: FNoisePicture) -> Figure:
     rows' scales, so a zero perturbation is visibly zero.
     """
     rows = [("train", level) for level in picture.train] + [("eval", level) for level in picture.eval]
-    columns = ("input image", "clean  mean_c|x|", "perturbation  mean_c|noise|", "perturbed  mean_c|x+noise|",
-               "relative  noise / clean")
+    columns = (
+        "input image",
+        "clean  mean_c|x|",
+        "perturbation  mean_c|noise|",
+        "perturbed  mean_c|x+noise|",
+        "relative  noise / clean",
+    )
     figure = Figure(figsize=(2.9 * len(columns), 2.5 * max(len(rows), 1) + 0.9), dpi=60, layout="constrained")
     header = f"F-Noise σ={picture.std:g}, mode={picture.mode}, noise seed {picture.seed}"
     if picture.note:
@@ -293,11 +299,11 @@ def save_figure(figure: Figure, path: Path) -> Path:
 
 def log_fnoise_pictures(
     model: nn.Module,
-    images: List[Tensor],
+    images: list[Tensor],
     output_dir: Path,
     writer=None,
     step: int = 0,
-) -> List[Path]:
+) -> list[Path]:
     """Writes one F-Noise picture per image (the training loop's ``--visualize-every``).
 
     Args:
@@ -363,7 +369,7 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError, model_from_checkpoint
 
     parser = _build_parser()

@@ -24,10 +24,14 @@ _PUBLIC = {
 __all__ = list(_PUBLIC)
 
 if TYPE_CHECKING:
-    from .annotations import DatasetError
-    from .dataset import CocoInstances
-    from .loader import GroupedBatchSampler, build_dataloader, collate_fn, set_epoch
-    from .transforms import build_transforms
-    from .validation import ValidationReport, validate_coco
+    from .annotations import DatasetError as DatasetError
+    from .dataset import CocoInstances as CocoInstances
+    from .loader import GroupedBatchSampler as GroupedBatchSampler
+    from .loader import build_dataloader as build_dataloader
+    from .loader import collate_fn as collate_fn
+    from .loader import set_epoch as set_epoch
+    from .transforms import build_transforms as build_transforms
+    from .validation import ValidationReport as ValidationReport
+    from .validation import validate_coco as validate_coco
 
 __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -89,6 +89,13 @@ class AnnotationCheck:
     skipped: Counter = field(default_factory=Counter)
     skip_examples: dict[str, str] = field(default_factory=dict)
     skipped_anns: list[tuple[str, int, int]] = field(default_factory=list)  # (reason, image_id, category_id)
+
+    def skip(self, reason: str, name: str, image_id: int, category_id: int) -> None:
+        """Counts one annotation left out of training for ``reason`` (``name`` describes it)."""
+        self.skipped[reason] += 1
+        self.skip_examples.setdefault(reason, name)
+        self.skipped_anns.append((reason, image_id, category_id))
+
     usable: dict[int, list[dict]] = field(default_factory=dict)
     num_crowd: int = 0
 
@@ -192,22 +199,17 @@ def check_annotations(data: dict, ann_file: str | os.PathLike) -> AnnotationChec
             check.num_crowd += 1
             continue
 
-        def skip(reason: str) -> None:
-            check.skipped[reason] += 1
-            check.skip_examples.setdefault(reason, name)
-            check.skipped_anns.append((reason, image_id, category_id))
-
         height, width = image_sizes[image_id]
         x, y, w, h = bbox
         if w <= 0 or h <= 0 or min(x + w, width) <= max(x, 0) or min(y + h, height) <= max(y, 0):
-            skip(SKIP_DEGENERATE_BOX)
+            check.skip(SKIP_DEGENERATE_BOX, name, image_id, category_id)
             continue
         segmentation, problem = _clean_segmentation(ann.get("segmentation"))
         if problem == "malformed":
             errors.add("annotations with a malformed 'segmentation'", name)
             continue
         if problem is not None:
-            skip(problem)
+            check.skip(problem, name, image_id, category_id)
             continue
         if isinstance(segmentation, dict) and segmentation["size"] != [height, width]:
             errors.add("annotations whose RLE 'size' is not the image's [height, width]", name)

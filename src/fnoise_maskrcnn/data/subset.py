@@ -29,9 +29,10 @@ import shutil
 import sys
 from array import array
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..atomic import write_text_atomic
 from .annotations import DatasetError, check_annotations

@@ -7,7 +7,8 @@ polygon and compressed RLE segmentations, so everything downstream reads it exac
 Each image has a smooth random background with noise and stripes, and 1..``max_instances`` shapes
 (circle, triangle, rectangle, star) of 20-50% of the shorter side, varied aspect ratio and rotation, in
 colours that stand out from the background under them, painted in order so that later shapes occlude
-earlier ones (by at most 30% of a new shape's area). An instance that nothing covers is written as its polygon; an
+earlier ones (by at most 30% of a new shape's area). An instance that nothing covers is written as its
+polygon; an
 occluded one as the compressed RLE of its visible part. Masks are rasterised with pycocotools, so the
 painted pixels and the decoded annotation agree exactly. Output is byte-identical for a given seed.
 
@@ -251,7 +252,8 @@ def _splits_at(root: Path) -> SyntheticSplits:
 
 
 def default_cache_root(num_images: int = DEFAULT_NUM_TRAIN) -> Path:
-    """``$FNOISE_MASKRCNN_CACHE/synthetic-v2-N`` or ``~/.cache/fnoise_maskrcnn/synthetic-v2-N``, N training images."""
+    """``$FNOISE_MASKRCNN_CACHE/synthetic-v2-N`` or ``~/.cache/fnoise_maskrcnn/synthetic-v2-N``, N training
+    images."""
     base = os.environ.get("FNOISE_MASKRCNN_CACHE")
     base_path = Path(base) if base else Path.home() / ".cache" / "fnoise_maskrcnn"
     return base_path / f"{CACHE_VERSION}-{num_images}"
