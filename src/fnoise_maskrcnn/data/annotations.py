@@ -141,9 +141,26 @@ def check_annotations(data: dict, ann_file: str | os.PathLike) -> AnnotationChec
     """Check the structure and content of a loaded COCO instances dict (see the module docstring)."""
     check = AnnotationCheck(ann_file=Path(ann_file))
     errors = ProblemTally()
+    known = _Known(_check_images(data["images"], errors), _check_categories(data["categories"], errors))
+    for i, ann in enumerate(data["annotations"]):
+        _check_annotation(i, ann, known, errors, check)
+    check.errors = errors.lines()
+    return check
 
+
+@dataclass
+class _Known:
+    """What the annotations may refer to, and the annotation ids seen so far."""
+
+    image_sizes: dict[int, tuple[int, int]]  # image id -> (height, width)
+    category_ids: set[int]
+    ann_ids: set[int] = field(default_factory=set)
+
+
+def _check_images(images: list, errors: ProblemTally) -> dict[int, tuple[int, int]]:
+    """Image id -> (height, width) of the well-formed images; problems go to ``errors``."""
     image_sizes: dict[int, tuple[int, int]] = {}
-    for i, img in enumerate(data["images"]):
+    for i, img in enumerate(images):
         if not isinstance(img, dict) or not isinstance(img.get("id"), int):
             errors.add("images without an integer 'id'", f"images[{i}]")
             continue
@@ -156,9 +173,13 @@ def check_annotations(data: dict, ann_file: str | os.PathLike) -> AnnotationChec
         if img["id"] in image_sizes:
             errors.add("duplicate image ids", f"image id {img['id']}")
         image_sizes[img["id"]] = (h, w)
+    return image_sizes
 
-    category_ids = set()
-    for i, cat in enumerate(data["categories"]):
+
+def _check_categories(categories: list, errors: ProblemTally) -> set[int]:
+    """Ids of the well-formed categories; problems go to ``errors``."""
+    category_ids: set[int] = set()
+    for i, cat in enumerate(categories):
         if not (
             isinstance(cat, dict) and isinstance(cat.get("id"), int) and isinstance(cat.get("name"), str)
         ):
@@ -167,55 +188,52 @@ def check_annotations(data: dict, ann_file: str | os.PathLike) -> AnnotationChec
         if cat["id"] in category_ids:
             errors.add("duplicate category ids", f"category id {cat['id']}")
         category_ids.add(cat["id"])
+    return category_ids
 
-    ann_ids = set()
-    for i, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict):
-            errors.add("annotations that are not objects", f"annotations[{i}]")
-            continue
-        name = f"annotation id {ann.get('id', f'? (annotations[{i}])')}"
-        ann_id = ann.get("id")
-        if not isinstance(ann_id, int):
-            errors.add("annotations without an integer 'id'", f"annotations[{i}]")
-        elif ann_id in ann_ids:
-            errors.add("duplicate annotation ids", name)
-        else:
-            ann_ids.add(ann_id)
-        image_id, category_id = ann.get("image_id"), ann.get("category_id")
-        if image_id not in image_sizes:
-            errors.add("annotations referencing unknown images", f"{name} -> image_id {image_id!r}")
-            continue
-        if category_id not in category_ids:
-            errors.add("annotations referencing unknown categories", f"{name} -> category_id {category_id!r}")
-            continue
-        bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-            errors.add("annotations without a 'bbox' of 4 numbers", name)
-            continue
-        if ann.get("iscrowd", 0) not in (0, 1):
-            errors.add("annotations with 'iscrowd' other than 0 or 1", name)
-            continue
-        if ann.get("iscrowd", 0) == 1:
-            check.num_crowd += 1
-            continue
 
-        height, width = image_sizes[image_id]
-        x, y, w, h = bbox
-        if w <= 0 or h <= 0 or min(x + w, width) <= max(x, 0) or min(y + h, height) <= max(y, 0):
-            check.skip(SKIP_DEGENERATE_BOX, name, image_id, category_id)
-            continue
-        segmentation, problem = _clean_segmentation(ann.get("segmentation"))
-        if problem == "malformed":
-            errors.add("annotations with a malformed 'segmentation'", name)
-            continue
-        if problem is not None:
-            check.skip(problem, name, image_id, category_id)
-            continue
-        if isinstance(segmentation, dict) and segmentation["size"] != [height, width]:
-            errors.add("annotations whose RLE 'size' is not the image's [height, width]", name)
-            continue
+def _check_annotation(i: int, ann: Any, known: _Known, errors: ProblemTally, check: AnnotationCheck) -> None:
+    """Check ``annotations[i]``: an error to ``errors``, or a crowd/skipped/usable entry in ``check``."""
+    if not isinstance(ann, dict):
+        errors.add("annotations that are not objects", f"annotations[{i}]")
+        return
+    name = f"annotation id {ann.get('id', f'? (annotations[{i}])')}"
+    ann_id = ann.get("id")
+    if not isinstance(ann_id, int):
+        errors.add("annotations without an integer 'id'", f"annotations[{i}]")
+    elif ann_id in known.ann_ids:
+        errors.add("duplicate annotation ids", name)
+    else:
+        known.ann_ids.add(ann_id)
+    image_id, category_id = ann.get("image_id"), ann.get("category_id")
+    if image_id not in known.image_sizes:
+        errors.add("annotations referencing unknown images", f"{name} -> image_id {image_id!r}")
+        return
+    if category_id not in known.category_ids:
+        errors.add("annotations referencing unknown categories", f"{name} -> category_id {category_id!r}")
+        return
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        errors.add("annotations without a 'bbox' of 4 numbers", name)
+        return
+    if ann.get("iscrowd", 0) not in (0, 1):
+        errors.add("annotations with 'iscrowd' other than 0 or 1", name)
+        return
+    if ann.get("iscrowd", 0) == 1:
+        check.num_crowd += 1
+        return
+    height, width = known.image_sizes[image_id]
+    x, y, w, h = bbox
+    if w <= 0 or h <= 0 or min(x + w, width) <= max(x, 0) or min(y + h, height) <= max(y, 0):
+        check.skip(SKIP_DEGENERATE_BOX, name, image_id, category_id)
+        return
+    segmentation, problem = _clean_segmentation(ann.get("segmentation"))
+    if problem == "malformed":
+        errors.add("annotations with a malformed 'segmentation'", name)
+    elif problem is not None:
+        check.skip(problem, name, image_id, category_id)
+    elif isinstance(segmentation, dict) and segmentation["size"] != [height, width]:
+        errors.add("annotations whose RLE 'size' is not the image's [height, width]", name)
+    else:
         check.usable.setdefault(image_id, []).append(
             {"bbox": bbox, "segmentation": segmentation, "category_id": category_id}
         )
-    check.errors = errors.lines()
-    return check

@@ -64,6 +64,28 @@ class _Reader:
             raise self.error(f"expected {char!r}")
         self.pos += 1
 
+    def closes(self, close: str) -> bool:
+        """Consume the ',' or ``close`` after a member or element; True for ``close``."""
+        separator = self.peek()
+        self.pos += 1
+        if separator == close:
+            return True
+        if separator != ",":
+            self.pos -= 1
+            raise self.error(f"expected ',' or {close!r}")
+        return False
+
+    def elements(self, key: str, on_element: Callable[[str, Any, int, int], None]) -> None:
+        """Consume the array at the cursor ('[' next), calling ``on_element`` for each element."""
+        self.pos += 1
+        if self.peek() == "]":
+            self.pos += 1
+            return
+        while True:
+            on_element(key, *self.value())
+            if self.closes("]"):
+                return
+
     def value(self) -> tuple[Any, int, int]:
         """Decode the next JSON value; return it with its byte span [start, end)."""
         self.peek()
@@ -115,28 +137,11 @@ def scan_top_level(
                 raise reader.error("expected a member name")
             reader.expect(":")
             if reader.peek() == "[":
-                reader.pos += 1
-                if reader.peek() == "]":
-                    reader.pos += 1
-                else:
-                    while True:
-                        on_element(key, *reader.value())
-                        separator = reader.peek()
-                        reader.pos += 1
-                        if separator == "]":
-                            break
-                        if separator != ",":
-                            reader.pos -= 1
-                            raise reader.error("expected ',' or ']'")
+                reader.elements(key, on_element)
             else:
                 others[key] = reader.value()[0]
-            separator = reader.peek()
-            reader.pos += 1
-            if separator == "}":
+            if reader.closes("}"):
                 break
-            if separator != ",":
-                reader.pos -= 1
-                raise reader.error("expected ',' or '}'")
         if reader.peek() != "":
             raise reader.error("extra data after the top-level object")
     return others

@@ -139,27 +139,54 @@ def make_subset(
     if not image_dir.is_dir():
         raise DatasetError(f"{image_dir}: image folder not found")
     others, arrays, index = _index_annotation_file(ann_file)
-    all_categories = arrays.get("categories", [])
-    by_name = {c.get("name"): c for c in all_categories if isinstance(c, dict)}
-    if categories:
-        unknown = [n for n in categories if n not in by_name]
-        if unknown:
-            raise DatasetError(
-                f"{ann_file}: unknown categories {unknown}; valid names: {', '.join(sorted(by_name))}"
-            )
-        kept_cats = sorted((by_name[n] for n in dict.fromkeys(categories)), key=lambda c: c["id"])
-    else:
-        kept_cats = sorted(all_categories, key=lambda c: c["id"])
+    kept_cats = _kept_categories(ann_file, arrays.get("categories", []), categories)
     kept_cat_ids = {c["id"] for c in kept_cats}
 
     ann_rows = [i for i, c in enumerate(index.category_ids) if c in kept_cat_ids]
     images_by_id = {
         img["id"]: img for img in arrays.get("images", []) if isinstance(img, dict) and "id" in img
     }
-    if categories:
-        candidate_ids = sorted({index.image_ids[i] for i in ann_rows})
-    else:
-        candidate_ids = sorted(images_by_id)
+    with_kept = {index.image_ids[i] for i in ann_rows} if categories else None
+    candidate_ids = _candidate_image_ids(ann_file, images_by_id, with_kept, max_images)
+    split_of = _assign_splits(ann_file, candidate_ids, split, seed)
+
+    kept_rows = [i for i in ann_rows if index.image_ids[i] in split_of]
+    annotations = list(read_spans(ann_file, ((index.starts[i], index.ends[i]) for i in kept_rows)))
+    images = [images_by_id[i] for i in candidate_ids]
+    _check_image_files(ann_file, image_dir, images)
+    full = {"images": images, "annotations": annotations, "categories": kept_cats}
+    check_annotations(full, ann_file).raise_if_errors()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for img in images:
+        _place_image(image_dir / img["file_name"], out_dir / "images" / img["file_name"], link)
+    extra = {**others, **{k: v for k, v in arrays.items() if k not in full}}
+    return _write_splits(out_dir, extra, full, split, split_of)
+
+
+def _kept_categories(
+    ann_file: Path, all_categories: list, names: Sequence[str] | None
+) -> list[dict[str, Any]]:
+    """The categories named in ``names`` (all when None or empty), sorted by id."""
+    by_name = {c.get("name"): c for c in all_categories if isinstance(c, dict)}
+    if not names:
+        return sorted(all_categories, key=lambda c: c["id"])
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise DatasetError(
+            f"{ann_file}: unknown categories {unknown}; valid names: {', '.join(sorted(by_name))}"
+        )
+    return sorted((by_name[n] for n in dict.fromkeys(names)), key=lambda c: c["id"])
+
+
+def _candidate_image_ids(
+    ann_file: Path,
+    images_by_id: dict[int, dict],
+    with_kept: set[int] | None,
+    max_images: int | None,
+) -> list[int]:
+    """Image ids to keep, sorted: those in ``with_kept`` (all images when None), the first ``max_images``."""
+    candidate_ids = sorted(with_kept) if with_kept is not None else sorted(images_by_id)
     unknown_images = [i for i in candidate_ids if i not in images_by_id]
     if unknown_images:
         raise DatasetError(
@@ -170,24 +197,30 @@ def make_subset(
         candidate_ids = candidate_ids[:max_images]
     if not candidate_ids:
         raise DatasetError(f"{ann_file}: no images to keep")
+    return candidate_ids
 
+
+def _assign_splits(
+    ann_file: Path, candidate_ids: list[int], split: dict[str, float], seed: int
+) -> dict[int, str]:
+    """Image id -> split name: the ids shuffled with ``seed``, then cut by :func:`split_sizes`."""
     order = list(candidate_ids)
     random.Random(seed).shuffle(order)
-    split_of: dict[int, str] = {}
-    offset = 0
     sizes = split_sizes(len(order), split)
     empty = [name for name, size in sizes.items() if size == 0]
     if empty:
         raise DatasetError(
             f"{ann_file}: split {empty[0]!r} would get none of the {len(order)} selected images"
         )
+    split_of: dict[int, str] = {}
+    offset = 0
     for name, size in sizes.items():
         split_of.update((image_id, name) for image_id in order[offset : offset + size])
         offset += size
+    return split_of
 
-    kept_rows = [i for i in ann_rows if index.image_ids[i] in split_of]
-    annotations = list(read_spans(ann_file, ((index.starts[i], index.ends[i]) for i in kept_rows)))
-    images = [images_by_id[i] for i in candidate_ids]
+
+def _check_image_files(ann_file: Path, image_dir: Path, images: list[dict]) -> None:
     missing = [
         img["file_name"] for img in images if not (image_dir / str(img.get("file_name", ""))).is_file()
     ]
@@ -195,22 +228,22 @@ def make_subset(
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise DatasetError(f"{image_dir / missing[0]}: image file not found{more} (listed in {ann_file})")
 
-    full = {"images": images, "annotations": annotations, "categories": kept_cats}
-    check_annotations(full, ann_file).raise_if_errors()
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for img in images:
-        _place_image(image_dir / img["file_name"], out_dir / "images" / img["file_name"], link)
-
+def _write_splits(
+    out_dir: Path,
+    extra: dict[str, Any],
+    full: dict[str, list],
+    split: dict[str, float],
+    split_of: dict[int, str],
+) -> SubsetResult:
+    """Write ``out_dir/<split>.json`` per split (``extra``: the file's other top-level members) and count."""
+    kept_cats = full["categories"]
+    kept_cat_ids = {c["id"] for c in kept_cats}
     result = SubsetResult({}, [{"id": c["id"], "name": c["name"]} for c in kept_cats], {}, {}, {})
     for name in split:
-        split_images = [img for img in images if split_of[img["id"]] == name]
-        split_anns = [a for a in annotations if split_of[a["image_id"]] == name]
-        dataset = {
-            **others,
-            **{k: v for k, v in arrays.items() if k not in full},
-            **{"images": split_images, "annotations": split_anns, "categories": kept_cats},
-        }
+        split_images = [img for img in full["images"] if split_of[img["id"]] == name]
+        split_anns = [a for a in full["annotations"] if split_of[a["image_id"]] == name]
+        dataset = {**extra, "images": split_images, "annotations": split_anns, "categories": kept_cats}
         path = out_dir / f"{name}.json"
         write_text_atomic(json.dumps(dataset), path)
         result.ann_files[name] = path

@@ -28,6 +28,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -219,25 +220,12 @@ def generate(
         images, annotations = [], []
         for index, image_id in enumerate(ids):
             rng = np.random.default_rng([seed, image_id] if split == "train" else [seed, _VAL_STREAM, index])
-            pixels, anns = _render_image(rng, image_id, size_range, max_instances)
-            file_name = f"{image_id:06d}.jpg"
-            buffer = io.BytesIO()
-            Image.fromarray(pixels).save(buffer, format="JPEG", quality=92)
-            (image_dir / file_name).write_bytes(buffer.getvalue())
-            images.append(
-                {"id": image_id, "file_name": file_name, "height": pixels.shape[0], "width": pixels.shape[1]}
-            )
-            for ann in anns:
-                annotations.append({"id": next_ann_id, **ann})
-                next_ann_id += 1
-        dataset = {
-            "info": {"description": f"fnoise_maskrcnn synthetic shapes ({CACHE_VERSION}), seed {seed}"},
-            "images": images,
-            "annotations": annotations,
-            "categories": [dict(c) for c in CATEGORIES],
-        }
+            image, anns = _write_image(rng, image_dir, image_id, size_range, max_instances)
+            images.append(image)
+            annotations += [{"id": next_ann_id + k, **ann} for k, ann in enumerate(anns)]
+            next_ann_id += len(anns)
         ann_files[split] = out_dir / f"{split}.json"
-        write_text_atomic(json.dumps(dataset), ann_files[split])
+        write_text_atomic(json.dumps(_coco_dataset(seed, images, annotations)), ann_files[split])
     return SyntheticSplits(
         root=out_dir,
         train_ann=ann_files["train"],
@@ -245,6 +233,32 @@ def generate(
         val_ann=ann_files.get("val"),
         val_images=image_dir if num_val_images else None,
     )
+
+
+def _write_image(
+    rng: np.random.Generator,
+    image_dir: Path,
+    image_id: int,
+    size_range: tuple[int, int],
+    max_instances: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Render one image into ``image_dir``; return its COCO image record and its annotations (no ids)."""
+    pixels, anns = _render_image(rng, image_id, size_range, max_instances)
+    file_name = f"{image_id:06d}.jpg"
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=92)
+    (image_dir / file_name).write_bytes(buffer.getvalue())
+    image = {"id": image_id, "file_name": file_name, "height": pixels.shape[0], "width": pixels.shape[1]}
+    return image, anns
+
+
+def _coco_dataset(seed: int, images: list[dict], annotations: list[dict]) -> dict[str, Any]:
+    return {
+        "info": {"description": f"fnoise_maskrcnn synthetic shapes ({CACHE_VERSION}), seed {seed}"},
+        "images": images,
+        "annotations": annotations,
+        "categories": [dict(c) for c in CATEGORIES],
+    }
 
 
 def _splits_at(root: Path) -> SyntheticSplits:
