@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from _results import write_result
+from fnoise_maskrcnn.study import epoch_records
 from record_run import learning_curve
 
 ARMS: dict[str, list[str]] = {
@@ -41,16 +42,9 @@ ARMS: dict[str, list[str]] = {
 }
 
 
-def _epochs_done(run_dir: Path) -> int:
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        return 0
-    return sum(1 for line in metrics.read_text().splitlines() if json.loads(line).get("type") == "epoch")
-
-
 def train_arm(name: str, run_dir: Path, epochs: int, extra: Sequence[str]) -> None:
     """Runs (or resumes, or skips) one arm's training in a subprocess."""
-    if _epochs_done(run_dir) >= epochs:
+    if len(epoch_records(run_dir)) >= epochs:
         return
     argv = [
         sys.executable,

@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 
 from conftest import write_fake_python
-from fnoise_maskrcnn.compare import _final_ap_points, main, parse_sweep, study_arms, summarize, train_arms
-from fnoise_maskrcnn.study import group_runs, holm, load_run, t_two_sided_p
+from fnoise_maskrcnn.compare import (
+    _final_ap_points,
+    _run_finished,
+    main,
+    parse_sweep,
+    study_arms,
+    summarize,
+    train_arms,
+)
+from fnoise_maskrcnn.study import RunError, epoch_records, group_runs, holm, load_run, t_two_sided_p
 
 #: A stand-in for ``python``: writes a 2-epoch run whose segm AP depends on seed and sigma; --resume
 #: completes a run that has one epoch. Every call is appended to calls.jsonl beside the study.
@@ -155,3 +163,23 @@ def test_rerun_keeps_finished_runs_resumes_interrupted_ones_and_trains_the_rest(
     rerun = summarize(group_runs([load_run(d) for d in run_dirs]))
     fresh = summarize(group_runs([load_run(d) for d in complete.glob("*/seed*")]))
     assert [a["metrics"] for a in rerun["arms"]] == [a["metrics"] for a in fresh["arms"]]
+
+
+def test_epoch_records_count_finished_epochs_only(tmp_path):
+    """compare's "finished before" check and the time-to-accuracy benchmark count epochs through this."""
+    assert epoch_records(tmp_path) == [] and not _run_finished(tmp_path)  # nothing logged yet
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 2}))
+    records = [{"type": "iter", "iteration": 0, "loss": 1.0}, {"type": "epoch", "epoch": 0}]
+    records += [{"type": "iter", "iteration": 1, "loss": 1.0}, {"type": "epoch", "epoch": 1}]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(text[: text.rindex('{"type": "epoch"') + 20])  # killed while writing epoch 1
+    assert [r["epoch"] for r in epoch_records(tmp_path)] == [0] and not _run_finished(tmp_path)
+    metrics.write_text(text + "\n")
+    assert [r["epoch"] for r in epoch_records(tmp_path)] == [0, 1] and _run_finished(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 3}))
+    assert not _run_finished(tmp_path)
+    metrics.write_text('{"type": "epoch", "epoch": 0}\n{"type": \n{"type": "epoch", "epoch": 1}\n')
+    with pytest.raises(RunError, match=r"metrics.jsonl:2: not valid JSON"):
+        epoch_records(tmp_path)
+    assert not _run_finished(tmp_path)

@@ -46,6 +46,7 @@ from .study import (
     _t975,
     describe,
     difference,
+    epoch_records,
     epoch_series,
     final_epoch,
     final_values,
@@ -133,10 +134,9 @@ def _run_finished(run_dir: Path) -> bool:
     """Whether a run has logged all the epochs its ``config.json`` asks for."""
     try:
         config = json.loads((run_dir / "config.json").read_text())
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except (OSError, ValueError):
+        epochs = len(epoch_records(run_dir))
+    except (OSError, ValueError):  # RunError is a ValueError
         return False
-    epochs = sum(1 for line in lines if line.strip() and json.loads(line).get("type") == "epoch")
     wanted = config.get("epochs")
     return epochs >= 1 and (wanted is None or epochs >= int(wanted))
 
@@ -349,13 +349,7 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: int | None = None, title:
     y axis across columns. Rows without data in any run are left out.
     """
     window = _smoothing_window(arms, smoothing)
-    rows = []
-    for kind, key, row_title in PANELS:
-        series_of = iteration_series if kind == "iter" else epoch_series
-        per_arm = [[series_of(run, key) for run in arm.runs] for arm in arms]
-        if any(x.size for curves in per_arm for x, _ in curves):
-            rows.append((kind, row_title, per_arm))
-
+    rows = _panel_rows(arms)
     ap_points = _final_ap_points(arms)
     columns = len(arms) + 1
     height = 2.3 * (max(len(rows), 1) + (ap_points is not None)) + 0.8
@@ -377,48 +371,12 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: int | None = None, title:
             ax.remove()
         _plot_final_ap(figure.add_subplot(grid[-1, :]), *ap_points)
         axes = axes[:-1]
-    colours = [f"C{i}" for i in range(len(arms))]
     for r, (kind, row_title, per_arm) in enumerate(rows):
-        low, high = math.inf, -math.inf
-        for a, (arm, curves) in enumerate(zip(arms, per_arm)):
-            if kind == "iter":
-                curves_drawn = [(x, smooth(y, window)) for x, y in curves]
-            else:
-                curves_drawn = curves
-            aggregated = _aggregate(curves_drawn)
-            for ax in (axes[r, a], axes[r, -1]):
-                overlay = ax is axes[r, -1]
-                if not overlay:
-                    for x, y in curves:
-                        if kind == "iter":
-                            ax.plot(x, y, color=colours[a], alpha=0.18, linewidth=0.6)
-                        else:
-                            ax.plot(x, y, "o", color=colours[a], alpha=0.35, markersize=3)
-                if aggregated is not None:
-                    x, mean, std = aggregated
-                    marker = "o-" if kind == "epoch" else "-"
-                    ax.plot(
-                        x,
-                        mean,
-                        marker,
-                        color=colours[a],
-                        linewidth=1.6,
-                        markersize=4,
-                        label=arm.label if overlay else None,
-                    )
-                    ax.fill_between(x, mean - std, mean + std, color=colours[a], alpha=0.25, linewidth=0)
-            if aggregated is not None:
-                _, mean, std = aggregated
-                low, high = min(low, float((mean - std).min())), max(high, float((mean + std).max()))
-            else:
-                for _, y in curves_drawn:
-                    if y.size:
-                        low, high = min(low, float(y.min())), max(high, float(y.max()))
+        low, high = _draw_row(axes[r], arms, kind, per_arm, window)
         if math.isfinite(low):
             margin = 0.06 * (high - low) if high > low else 0.05 * max(abs(high), 1e-3)
             axes[r, 0].set_ylim(low - margin, high + margin)
-        for c in range(columns):
-            ax = axes[r, c]
+        for ax in axes[r]:
             ax.grid(True, alpha=0.3)
             ax.tick_params(labelsize=8)
             if kind == "epoch":
@@ -431,6 +389,45 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: int | None = None, title:
     axes[0, -1].set_title("all arms, mean ± std", fontsize=10)
     axes[0, -1].legend(fontsize=7, loc="upper right")
     return figure
+
+
+def _panel_rows(arms: Sequence[Arm]) -> list[tuple[str, str, list[list[Curve]]]]:
+    """``(kind, row title, per arm the curve of each run)`` of the :data:`PANELS` that some run logged."""
+    rows = []
+    for kind, key, row_title in PANELS:
+        series_of = iteration_series if kind == "iter" else epoch_series
+        per_arm = [[series_of(run, key) for run in arm.runs] for arm in arms]
+        if any(x.size for curves in per_arm for x, _ in curves):
+            rows.append((kind, row_title, per_arm))
+    return rows
+
+
+def _draw_row(
+    axes_row: Sequence[Any], arms: Sequence[Arm], kind: str, per_arm: list[list[Curve]], window: int
+) -> tuple[float, float]:
+    """Draw one row (each arm's column, then the overlay in the last); return the y range to show."""
+    low, high = math.inf, -math.inf
+    for a, (arm, curves) in enumerate(zip(arms, per_arm)):
+        colour = f"C{a}"
+        curves_drawn = [(x, smooth(y, window)) for x, y in curves] if kind == "iter" else curves
+        for x, y in curves:
+            if kind == "iter":
+                axes_row[a].plot(x, y, color=colour, alpha=0.18, linewidth=0.6)
+            else:
+                axes_row[a].plot(x, y, "o", color=colour, alpha=0.35, markersize=3)
+        aggregated = _aggregate(curves_drawn)
+        if aggregated is None:
+            for _, y in curves_drawn:
+                if y.size:
+                    low, high = min(low, float(y.min())), max(high, float(y.max()))
+            continue
+        x, mean, std = aggregated
+        for ax, label in ((axes_row[a], None), (axes_row[-1], arm.label)):
+            marker = "o-" if kind == "epoch" else "-"
+            ax.plot(x, mean, marker, color=colour, linewidth=1.6, markersize=4, label=label)
+            ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.25, linewidth=0)
+        low, high = min(low, float((mean - std).min())), max(high, float((mean + std).max()))
+    return low, high
 
 
 def _final_ap_points(arms: Sequence[Arm]) -> tuple[list[float], list[str], list[list[float]], str] | None:
@@ -675,33 +672,45 @@ def _check_train_flags(
         train_parser.parse_args([*defaults, *flags, *arm_flags, "--seed", "0"])
 
 
+def _train_study(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, train_flags: list[str]
+) -> tuple[Path, list[Path]]:
+    """``--train``: check the study flags, train every arm and seed; return the PNG path and the runs.
+
+    Raises:
+        RuntimeError: a training run failed (from :func:`train_arms`).
+    """
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must be distinct, got {' '.join(map(str, args.seeds))}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    keys = [key for key, _ in args.sweep]
+    if len(set(keys)) != len(keys):
+        parser.error(f"--sweep: each key once, got {' '.join(keys)}")
+    arms = study_arms(args.sweep, baseline=not args.no_baseline)
+    defaults = () if args.no_study_defaults else STUDY_TRAIN_FLAGS
+    _check_train_flags(parser, defaults, train_flags, arms)
+    out = args.out or args.output_dir / "comparison.png"
+    run_dirs = train_arms(
+        args.seeds,
+        args.output_dir,
+        train_flags,
+        defaults=defaults,
+        arms=arms,
+        jobs=args.jobs,
+        devices=args.devices,
+    )
+    return out, run_dirs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     train_mode = "--train" in argv
     parser = _build_parser(train_mode)
     if train_mode:
         args, train_flags = parser.parse_known_args(argv)
-        if len(set(args.seeds)) != len(args.seeds):
-            parser.error(f"--seeds must be distinct, got {' '.join(map(str, args.seeds))}")
-        if args.jobs < 1:
-            parser.error(f"--jobs must be >= 1, got {args.jobs}")
-        keys = [key for key, _ in args.sweep]
-        if len(set(keys)) != len(keys):
-            parser.error(f"--sweep: each key once, got {' '.join(keys)}")
-        arms = study_arms(args.sweep, baseline=not args.no_baseline)
-        defaults = () if args.no_study_defaults else STUDY_TRAIN_FLAGS
-        _check_train_flags(parser, defaults, train_flags, arms)
-        out = args.out or args.output_dir / "comparison.png"
         try:
-            run_dirs = train_arms(
-                args.seeds,
-                args.output_dir,
-                train_flags,
-                defaults=defaults,
-                arms=arms,
-                jobs=args.jobs,
-                devices=args.devices,
-            )
+            out, run_dirs = _train_study(parser, args, train_flags)
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

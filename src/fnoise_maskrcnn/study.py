@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "Stat",
     "Difference",
     "load_run",
+    "epoch_records",
     "group_runs",
     "iteration_series",
     "epoch_series",
@@ -38,6 +40,8 @@ __all__ = [
     "difference",
 ]
 
+#: The per-iteration and per-epoch log of a run directory (written by :mod:`fnoise_maskrcnn.metrics_log`).
+METRICS_FILE = "metrics.jsonl"
 #: The total loss first, then the five components of torchvision's Mask R-CNN.
 LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 F_NOISE_KEYS = ("f_noise", "f_noise_std", "f_noise_mode", "f_noise_dist", "f_noise_preset", "f_noise_levels")
@@ -155,6 +159,49 @@ def _read_json(path: Path) -> Any:
         raise RunError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
 
 
+def _metrics_records(metrics_file: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, decoded record)`` of each non-blank line of a ``metrics.jsonl``.
+
+    An incomplete last line (no newline after it: the run is writing it right now) is left out.
+
+    Raises:
+        RunError: the file cannot be read, or a complete line is not valid JSON.
+    """
+    try:
+        text = metrics_file.read_text()
+    except OSError as exc:
+        raise RunError(f"{metrics_file}: cannot be read ({exc.strerror or exc})") from exc
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                return  # the run is writing this line right now
+            raise RunError(f"{metrics_file}:{number}: not valid JSON ({exc.msg})") from exc
+        yield number, record
+
+
+def epoch_records(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The ``"epoch"`` records of ``run_dir/metrics.jsonl`` in file order: one per finished epoch.
+
+    No ``metrics.jsonl`` means no finished epoch (``[]``); an incomplete last line is left out.
+
+    Raises:
+        RunError: the file cannot be read, or a complete line is not valid JSON.
+    """
+    metrics_file = Path(run_dir) / METRICS_FILE
+    if not metrics_file.is_file():
+        return []
+    return [
+        record
+        for _, record in _metrics_records(metrics_file)
+        if isinstance(record, dict) and record.get("type") == "epoch"
+    ]
+
+
 def load_run(path: Path) -> Run:
     """Reads a run directory's ``config.json`` and ``metrics.jsonl``.
 
@@ -166,25 +213,15 @@ def load_run(path: Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"{path}: not a run directory (no such directory)")
-    config_file, metrics_file = path / "config.json", path / "metrics.jsonl"
+    config_file, metrics_file = path / "config.json", path / METRICS_FILE
     for required in (config_file, metrics_file):
         if not required.is_file():
             raise RunError(f"{required}: missing (is {path} a run directory of fnoise_maskrcnn.train?)")
     config = _read_json(config_file)
     if not isinstance(config, dict):
         raise RunError(f"{config_file}: expected a JSON object")
-    text = metrics_file.read_text()
-    lines = text.splitlines()
     iterations, epochs = [], []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines) and not text.endswith("\n"):
-                break  # the run is writing this line right now
-            raise RunError(f"{metrics_file}:{number}: not valid JSON ({exc.msg})") from exc
+    for number, record in _metrics_records(metrics_file):
         kind = record.get("type") if isinstance(record, dict) else None
         if kind == "iter":
             valid = isinstance(record.get("iteration"), int) and isinstance(record.get("loss"), (int, float))
