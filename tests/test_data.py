@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 
 from fnoise_maskrcnn.data import CocoInstances, DatasetError, build_transforms, synthetic
+from fnoise_maskrcnn.data.annotations import check_annotations, instance_counts, training_warnings
 
 H, W = 12, 16
 
@@ -156,6 +157,47 @@ def test_category_subset_maps_to_contiguous_labels(tmp_path):
     with pytest.raises(DatasetError, match=r"unknown categories \['bird'\]; valid names: bus, cat, dog") as e:
         CocoInstances(tmp_path / "images", ann_file, categories=["dog", "bird"])
     assert str(ann_file) in str(e.value)
+
+
+def test_training_warnings_for_no_annotations_and_selected_categories_without_instances():
+    poly = [[2, 2, 8, 2, 8, 8, 2, 8]]
+    categories = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}, {"id": 5, "name": "bus"}]
+    data = {
+        "images": [{"id": i, "file_name": f"{i}.png", "width": W, "height": H} for i in (1, 2)],
+        "categories": categories,
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 3, "bbox": [2, 2, 6, 6], "segmentation": poly},
+            {"id": 2, "image_id": 2, "category_id": 3, "bbox": [2, 2, 6, 6], "segmentation": poly},
+            {"id": 3, "image_id": 1, "category_id": 7, "bbox": [2, 2, 0, 6], "segmentation": poly},  # skipped
+            {
+                "id": 4,
+                "image_id": 2,
+                "category_id": 5,
+                "bbox": [2, 2, 6, 6],
+                "segmentation": poly,
+                "iscrowd": 1,
+            },
+        ],
+    }
+    check = check_annotations(data, "train.json")
+    counts = instance_counts(check)
+    assert counts == {3: 2} and instance_counts(check, [2]) == {3: 1} and instance_counts(check, [9]) == {}
+
+    assert training_warnings("train.json", categories, counts) == []  # all categories: no selection
+    assert training_warnings("train.json", categories, counts, ["cat"]) == []
+    lines = training_warnings("train.json", categories, counts, ["cat", "dog", "bus"])
+    assert lines == [
+        "train.json: selected category 'dog' (id 7) has no usable training instances; the model will not "
+        "learn it",
+        "train.json: selected category 'bus' (id 5) has no usable training instances; the model will not "
+        "learn it",
+    ]
+    (only,) = training_warnings("train.json", categories[1:], counts, ["dog", "bus"])
+    assert only.startswith("train.json: no usable training annotations of the selected categories (dog, bus)")
+    data["annotations"] = data["annotations"][2:]  # the crowd and the degenerate one are left
+    (empty,) = training_warnings("train.json", categories, instance_counts(check_annotations(data, "t")))
+    assert empty.startswith("train.json: no usable training annotations: every image is a negative")
+    assert all("\n" not in line for line in [*lines, only, empty])
 
 
 def test_grayscale_rgba_cmyk_and_exif_orientation_become_upright_rgb(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,50 @@ class AnnotationCheck:
 
     def skip_summary(self) -> str:
         return ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
+
+
+def instance_counts(check: AnnotationCheck, image_ids: Iterable[int] | None = None) -> Counter[int]:
+    """Usable training instances (non-crowd, not skipped) per original category id.
+
+    Only the images in ``image_ids`` count (default: all); categories without any are absent.
+    """
+    ids = check.usable.keys() if image_ids is None else image_ids
+    return Counter(ann["category_id"] for image_id in ids for ann in check.usable.get(image_id, ()))
+
+
+def training_warnings(
+    ann_file: str | os.PathLike,
+    categories: Sequence[Mapping[str, Any]],
+    counts: Mapping[int, int],
+    selected: Sequence[str] | None = None,
+) -> list[str]:
+    """One-line warnings about training data that cannot teach some or all of its categories.
+
+    Args:
+        ann_file: the training annotation file (named in every line).
+        categories: the categories trained on, ``{"id", "name"}`` (e.g. ``CocoInstances.categories``).
+        counts: usable training instances per category id (e.g. from :func:`instance_counts`).
+        selected: the category names chosen on the command line (``--categories``), or None.
+
+    Returns:
+        No line when every trained category has instances. One line when no category has any; else,
+        with ``selected``, one line per selected category without instances. The lines carry no
+        ``"warning: "`` prefix: the caller adds it.
+    """
+    ann_file = Path(ann_file)
+    if not any(counts.get(c["id"], 0) for c in categories):
+        which = f" of the selected categories ({', '.join(selected)})" if selected else ""
+        return [
+            f"{ann_file}: no usable training annotations{which}: every image is a negative, "
+            "the model cannot learn to detect anything"
+        ]
+    wanted = set(selected or ())
+    return [
+        f"{ann_file}: selected category {c['name']!r} (id {c['id']}) has no usable training instances; "
+        "the model will not learn it"
+        for c in categories
+        if c["name"] in wanted and not counts.get(c["id"], 0)
+    ]
 
 
 def _is_number(v: Any) -> bool:
