@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections import Counter
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -306,6 +307,50 @@ def test_validate_names_exif_rotation_mismatch(tmp_path):
             f"{tmp_path / 'images'}: images whose size matches the file only without their "
             f"EXIF rotation: {tmp_path / 'images' / 'r.jpg'} is 10x20"
         ]
+
+
+def test_validate_notes_high_bit_depth_images_from_their_header(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    deep = np.arange(12 * 16, dtype=np.uint16).reshape(12, 16) * 300
+    Image.fromarray(deep).save(images / "deep.png")
+    Image.fromarray(np.full((12, 16), 0.5, dtype=np.float32)).save(images / "other.tif")
+    Image.new("RGB", (16, 12)).save(images / "plain.png")
+    assert Image.open(images / "deep.png").mode == "I;16"
+    names = ["plain.png", "deep.png", "other.tif"]
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"id": i, "file_name": n, "width": 16, "height": 12} for i, n in enumerate(names, start=1)
+                ],
+                "annotations": [],
+                "categories": [{"id": 1, "name": "x"}],
+            }
+        )
+    )
+    note = (
+        f"note: {images}: 2 images with 16-bit, 32-bit integer or float pixels, converted to 8-bit by "
+        f"scaling (first: {images / 'deep.png'}, mode I;16)"
+    )
+    for flags in ([], ["--no-decode"]):
+        assert validate.main([str(ann_file), str(images), *flags]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert note in out and out[-1] == "OK"
+
+    # The mode comes from the header: a 16-bit TIFF cut short after it is noted without a full decode.
+    Image.new("RGB", (16, 12)).save(images / "deep.png")
+    Image.fromarray(deep).save(images / "other.tif")
+    (images / "other.tif").write_bytes((images / "other.tif").read_bytes()[:-200])
+    expected = (
+        f"{images}: 1 image with 16-bit, 32-bit integer or float pixels, converted to 8-bit by scaling "
+    )
+    expected += f"(first: {images / 'other.tif'}, mode I;16)"
+    report = validate_coco(ann_file, images, decode=False)
+    assert report.ok and report.notes == [expected]
+    report = validate_coco(ann_file, images)  # decoding finds the cut file
+    assert not report.ok and "unreadable image files" in report.errors[0] and report.notes == [expected]
 
 
 def test_synthetic_command_line(tmp_path, capsys):

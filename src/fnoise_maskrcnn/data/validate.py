@@ -1,7 +1,8 @@
 """Command line: ``python -m fnoise_maskrcnn.data.validate ANN_FILE IMAGE_DIR [--no-decode]``.
 
-Prints a summary, the annotations that will be skipped and every problem (one line each, naming the
-file). Exit status 0 when the dataset is usable, 2 when not.
+Prints a summary, the annotations that will be skipped, notes (images with 16-bit, 32-bit integer or
+float pixels, converted to 8-bit by scaling) and every problem (one line each, naming the file). Exit
+status 0 when the dataset is usable, 2 when not.
 """
 
 from __future__ import annotations
