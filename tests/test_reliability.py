@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from fnoise_maskrcnn import train
-from fnoise_maskrcnn.atomic import write_text_atomic
+from fnoise_maskrcnn.atomic import AtomicWriteError, atomic_path, write_bytes_atomic, write_text_atomic
 from fnoise_maskrcnn.run_lock import RunLock
 
 TINY = [
@@ -115,6 +119,55 @@ def test_atomic_files_get_the_umask_mode(tmp_path):
         os.umask(previous)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_disk_full_during_an_atomic_write_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "config.json"
+    target.write_text("old")
+    monkeypatch.setattr(Path, "write_text", _no_space)
+    with pytest.raises(AtomicWriteError) as caught:
+        write_text_atomic("new", target)
+    assert str(caught.value) == f"{target}: cannot write (disk full: No space left on device)"
+    assert isinstance(caught.value, OSError) and caught.value.errno == errno.ENOSPC
+    assert target.read_text() == "old" and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_disk_full_inside_torch_save_names_the_file(tmp_path):
+    """torch.save turns a failed write into RuntimeError("... unexpected pos ..."): still "disk full"."""
+
+    class FillsUp(io.RawIOBase):
+        def __init__(self, file):
+            self.file, self.written = file, 0
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            if self.written + len(data) > 4096:
+                _no_space()
+            self.written += len(data)
+            return self.file.write(data)
+
+    target = tmp_path / "last.pth"
+    with pytest.raises(AtomicWriteError, match=rf"^{re.escape(str(target))}: cannot write \(disk full: "):
+        with atomic_path(target) as tmp, open(tmp, "wb") as f:
+            torch.save({"weights": torch.zeros(100_000)}, FillsUp(f))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_folder_and_other_errors_of_atomic_writes(tmp_path):
+    with pytest.raises(AtomicWriteError) as caught:
+        write_bytes_atomic(b"x", tmp_path / "missing" / "a.bin")
+    assert str(caught.value) == f"{tmp_path / 'missing' / 'a.bin'}: cannot write (No such file or directory)"
+    with pytest.raises(ValueError, match="not about writing"):  # other errors pass through unchanged
+        with atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"half")
+            raise ValueError("not about writing")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_trained_epoch_is_saved_before_evaluation(synthetic_coco, tmp_path, monkeypatch):
