@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import SequentialSampler
 
 from fnoise_maskrcnn.data import (
     CocoInstances,
+    DatasetError,
     GroupedBatchSampler,
     build_dataloader,
     build_transforms,
     set_epoch,
 )
-from fnoise_maskrcnn.data.loader import aspect_ratio_groups
+from fnoise_maskrcnn.data.loader import DataLoaderError, aspect_ratio_groups
 
 
 def test_aspect_ratio_groups_split_portrait_square_landscape():
@@ -85,3 +88,34 @@ def test_distributed_loader_shards_with_distributed_sampler(synthetic_coco, tmp_
         assert order(loader) != first
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_image_is_one_line_error_also_from_a_worker(tmp_path, workers):
+    images = tmp_path / "images"
+    images.mkdir()
+    names = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    for name in names:
+        Image.new("RGB", (16, 12), (200, 100, 50)).save(images / name)
+    (images / "c.jpg").write_bytes((images / "c.jpg").read_bytes()[:30])  # a JPEG cut after its header
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"id": i, "file_name": n, "width": 16, "height": 12} for i, n in enumerate(names, start=1)
+                ],
+                "annotations": [],
+                "categories": [{"id": 1, "name": "thing"}],
+            }
+        )
+    )
+    ds = CocoInstances(images, ann_file)
+    loader = build_dataloader(ds, batch_size=1, train=False, workers=workers, pin_memory=False)
+    assert loader.dataset.coco is ds.coco and len(loader.dataset) == 4  # the dataset's attributes stay
+    with pytest.raises(DataLoaderError) as caught:
+        order(loader)
+    message = str(caught.value)
+    assert isinstance(caught.value, DatasetError)  # what train's main already reports as one line
+    assert message.startswith(f"{images / 'c.jpg'}: cannot read image (") and "\n" not in message
+    assert "Traceback" not in message and "worker" not in message

@@ -2,6 +2,10 @@
 
 ``GroupedBatchSampler`` and the aspect-ratio binning follow torchvision's ``references/detection``
 (they are not part of the torchvision library), written here from scratch.
+
+A :class:`~.annotations.DatasetError` raised while loading an item (an unreadable image, say) reaches the
+training loop as :class:`DataLoaderError`, a ``DatasetError`` with the same one-line message, whether it
+was raised in the main process or in a DataLoader worker.
 """
 
 from __future__ import annotations
@@ -10,9 +14,56 @@ import bisect
 import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
+
+from .annotations import DatasetError
+
+
+class DataLoaderError(DatasetError):
+    """A :class:`DatasetError` raised while loading a batch; ``str()`` is its one-line message.
+
+    torch re-raises a worker's exception in the main process as ``type(exc)(text)``, where ``text`` is
+    "Caught ... in DataLoader worker process N." followed by the worker's whole traceback. Built from
+    such a text, this class keeps only the original message: the last line of the traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_original_message(message))
+
+
+def _original_message(text: str) -> str:
+    marker = f"{DataLoaderError.__name__}: "
+    if "\n" not in text.strip():
+        return text
+    last = next((line for line in reversed(text.splitlines()) if marker in line), None)
+    return last.split(marker, 1)[1] if last is not None else text
+
+
+class _OneLineErrors(Dataset):
+    """``dataset`` whose :class:`DatasetError` becomes a :class:`DataLoaderError`; other attributes are
+    the dataset's own (``aspect_ratios``, ``coco``, ``categories`` ...)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except DataLoaderError:
+            raise
+        except DatasetError as exc:
+            raise DataLoaderError(str(exc)) from None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "dataset":  # not set yet (while unpickling in a worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 def collate_fn(batch: Sequence[tuple]) -> tuple:
@@ -101,7 +152,8 @@ def build_dataloader(
         seed: data order (and the workers' augmentation seeds) depend only on ``seed`` and the epoch.
         pin_memory: default ``torch.cuda.is_available()``.
 
-    Call :func:`set_epoch` before each epoch to get a new order per epoch.
+    Call :func:`set_epoch` before each epoch to get a new order per epoch. Iterating raises
+    :class:`DataLoaderError` (one line naming the file) when an item cannot be loaded, also in a worker.
     """
     sampler: Sampler[int]
     if distributed:
@@ -116,7 +168,7 @@ def build_dataloader(
     else:
         batch_sampler = BatchSampler(sampler, batch_size, drop_last=False)
     return DataLoader(
-        dataset,
+        dataset if isinstance(dataset, _OneLineErrors) else _OneLineErrors(dataset),
         batch_sampler=batch_sampler,
         num_workers=workers,
         collate_fn=collate_fn,
