@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from fnoise_maskrcnn import maskrcnn_resnet50_fpn
-from fnoise_maskrcnn.checkpoint import save_checkpoint
+from fnoise_maskrcnn.checkpoint import make_checkpoint, save_checkpoint
 
 #: The real sets (coco128/, balloon/, dsb2018_stage1test/): the folder FNOISE_MASKRCNN_DATA names, if set.
 DATA_DIR = Path(os.environ["FNOISE_MASKRCNN_DATA"]) if os.environ.get("FNOISE_MASKRCNN_DATA") else None
@@ -47,16 +47,7 @@ def write_random_checkpoint(
         model.roi_heads.box_predictor.cls_score.weight.normal_(0.0, 0.002)
     model.eval()
     categories = [{"id": i, "name": f"class{i}"} for i in range(1, num_classes)]
-    save_checkpoint(
-        {
-            "format": "fnoise_maskrcnn",
-            "version": 1,
-            "model": model.state_dict(),
-            "model_config": model.build_config,
-            "categories": categories,
-        },
-        path,
-    )
+    save_checkpoint(make_checkpoint(model.state_dict(), model.build_config, categories), path)
     return path
 
 

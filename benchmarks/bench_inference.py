@@ -36,9 +36,9 @@ from torchvision.ops import misc as misc_nn_ops
 
 from _inference_common import benchmark_images, write_random_checkpoint
 from _results import write_result
-from fnoise_maskrcnn.checkpoint import model_from_checkpoint
 from fnoise_maskrcnn.export import export
-from fnoise_maskrcnn.inference import read_image
+from fnoise_maskrcnn.image_io import read_image_tensor
+from fnoise_maskrcnn.model_io import model_from_checkpoint
 
 
 def stock_torchvision_model(checkpoint: dict) -> MaskRCNN:
@@ -93,7 +93,7 @@ def main() -> None:
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
     paths = benchmark_images(args.images)
-    images = [read_image(p) for p in paths]
+    images = [read_image_tensor(p) for p in paths]
 
     def run_torch(model):
         with torch.inference_mode():

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from fnoise_maskrcnn import maskrcnn_mobilenet_v3_large_fpn
-from fnoise_maskrcnn.checkpoint import save_checkpoint
+from fnoise_maskrcnn.checkpoint import make_checkpoint, save_checkpoint
 from fnoise_maskrcnn.data.synthetic import CATEGORIES
 
 MIN_SIZE, MAX_SIZE = 128, 160
@@ -35,8 +35,14 @@ def _calibrate_batchnorm(body: torch.nn.Module, image_size: int, batches: int = 
     body.eval()
 
 
-def write_test_checkpoint(path: Path, *, seed: int = 0, detections_per_img: int = 20) -> Path:
-    """Builds a random small model and saves it as one of our checkpoints; returns ``path``."""
+def write_test_checkpoint(
+    path: Path, *, seed: int = 0, detections_per_img: int = 20, score_thresh: float = 0.05
+) -> Path:
+    """Builds a random small model and saves it as one of our checkpoints; returns ``path``.
+
+    ``detections_per_img`` and ``score_thresh`` are the model's own ``box_detections_per_img`` and
+    ``box_score_thresh``.
+    """
     torch.manual_seed(seed)
     model = maskrcnn_mobilenet_v3_large_fpn(
         weights_backbone=None,
@@ -46,18 +52,10 @@ def write_test_checkpoint(path: Path, *, seed: int = 0, detections_per_img: int 
         min_size=MIN_SIZE,
         max_size=MAX_SIZE,
         box_detections_per_img=detections_per_img,
+        box_score_thresh=score_thresh,
     )
     _calibrate_batchnorm(model.backbone.body, image_size=MIN_SIZE)
     with torch.no_grad():
         model.roi_heads.box_predictor.cls_score.weight.normal_(0.0, 0.002)
-    save_checkpoint(
-        {
-            "format": "fnoise_maskrcnn",
-            "version": 1,
-            "model": model.state_dict(),
-            "model_config": model.build_config,
-            "categories": TEST_CATEGORIES,
-        },
-        path,
-    )
+    save_checkpoint(make_checkpoint(model.state_dict(), model.build_config, TEST_CATEGORIES), path)
     return path

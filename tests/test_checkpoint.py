@@ -1,7 +1,12 @@
-"""Checkpoints: atomic saving, safe loading with one-line errors, weights files, rebuilding a model."""
+"""Checkpoints: the one builder, atomic saving, safe loading with our own one-line refusals, weights files,
+rebuilding a model (model_io)."""
 
 from __future__ import annotations
 
+import os
+import pickle
+
+import numpy as np
 import pytest
 import torch
 
@@ -10,9 +15,10 @@ from fnoise_maskrcnn.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_state_dict_file,
-    model_from_checkpoint,
+    make_checkpoint,
     save_checkpoint,
 )
+from fnoise_maskrcnn.model_io import model_from_checkpoint
 
 CATEGORIES = [{"id": 3, "name": "circle"}, {"id": 7, "name": "square"}]
 
@@ -36,14 +42,7 @@ def model():
 
 
 def checkpoint_of(model, **extra):
-    return {
-        "format": "fnoise_maskrcnn",
-        "version": 1,
-        "model": model.state_dict(),
-        "model_config": model.build_config,
-        "categories": CATEGORIES,
-        **extra,
-    }
+    return make_checkpoint(model.state_dict(), model.build_config, CATEGORIES, **extra)
 
 
 def one_line_error(path, message_part):
@@ -86,23 +85,118 @@ def test_missing_file(tmp_path):
     one_line_error(tmp_path / "absent.pth", "no such file")
 
 
-def test_corrupt_file(tmp_path, model):
-    path = tmp_path / "corrupt.pth"
+def test_broken_files_are_one_line_errors_in_our_words(tmp_path, model):
+    path = tmp_path / "ckpt.pth"
     save_checkpoint(checkpoint_of(model), path)
-    path.write_bytes(path.read_bytes()[:1000])
-    one_line_error(path, "cannot be loaded")
-    path.write_bytes(b"not a checkpoint at all\n" * 3)
-    one_line_error(path, "cannot be loaded")
+    whole = path.read_bytes()
+    cases = {
+        "truncated.pth": (whole[: len(whole) // 2], "a damaged or truncated checkpoint archive"),
+        "text.pth": (b"not a checkpoint at all\n" * 3, "not a PyTorch checkpoint"),
+        "empty.pth": (b"", "is empty (0 bytes)"),
+    }
+    for name, (data, words) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        message = one_line_error(tmp_path / name, words)
+        assert "weights_only" not in message and "\x1b" not in message
+    one_line_error(tmp_path, "is a folder")
 
 
 class NotATensor:
     pass
 
 
-def test_file_needing_unsafe_unpickling_is_refused(tmp_path):
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch should-never-exist",))
+
+
+@pytest.mark.parametrize(
+    "payload, found",
+    [
+        (NotATensor(), f"{__name__}.NotATensor"),
+        (RunsCode(), f"{os.system.__module__}.system"),
+        (np.zeros(3), "numpy."),
+    ],
+)
+def test_files_needing_unpickling_are_refused_in_our_words(tmp_path, monkeypatch, payload, found):
+    """torch's own refusal suggests weights_only=False and holds escape codes; ours names the file and what
+    it found, on one line, and nothing is run."""
+    monkeypatch.chdir(tmp_path)
     path = tmp_path / "pickle.pth"
-    torch.save({"format": "fnoise_maskrcnn", "payload": NotATensor()}, path)
-    one_line_error(path, "weights_only=True")
+    torch.save({"format": "fnoise_maskrcnn", "payload": payload}, path)
+    for load in (load_checkpoint, load_state_dict_file, model_from_checkpoint):
+        with pytest.raises(CheckpointError) as info:
+            load(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: contains a pickled Python object ({found}"), message
+        assert "refused; this package never unpickles code" in message
+        assert "\n" not in message and "\x1b" not in message and "weights_only" not in message
+    assert not (tmp_path / "should-never-exist").exists()
+
+
+def test_a_plain_pickle_is_refused_in_our_words(tmp_path):
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))
+    message = one_line_error(path, "refused; this package never unpickles code")
+    assert "weights_only" not in message
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda c: c["model_config"].update(num_classes=5), "num_classes 5 (background included) but"),
+        (lambda c: c.update(categories=CATEGORIES[:1]), "lists 1 categories (expected 2)"),
+        (lambda c: c["model_config"].update(num_classes="three"), "num_classes is 'three'"),
+    ],
+)
+def test_self_contradicting_checkpoints_are_refused(tmp_path, model, change, words):
+    checkpoint = checkpoint_of(model)
+    checkpoint["model_config"] = dict(checkpoint["model_config"])
+    change(checkpoint)
+    path = tmp_path / "edited.pth"
+    torch.save(checkpoint, path)
+    message = one_line_error(path, "contradicts itself")
+    assert words in message
+    with pytest.raises(CheckpointError, match="contradicts itself"):
+        model_from_checkpoint(path)
+
+
+def test_weights_that_contradict_the_config_are_refused(tmp_path, model):
+    """num_classes and the categories agree (4 classes) but the predictor weights have 3."""
+    checkpoint = checkpoint_of(model)
+    checkpoint["model_config"] = {**checkpoint["model_config"], "num_classes": 4}
+    checkpoint["categories"] = [*CATEGORIES, {"id": 9, "name": "star"}]
+    path = tmp_path / "edited.pth"
+    torch.save(checkpoint, path)
+    one_line_error(path, "roi_heads.box_predictor.cls_score.weight has 3 classes")
+    with pytest.raises(ValueError, match="num_classes 4"):
+        make_checkpoint(model.state_dict(), {**model.build_config, "num_classes": 4}, CATEGORIES)
+
+
+def test_weights_that_do_not_fit_the_model_are_one_line(tmp_path, model):
+    checkpoint = checkpoint_of(model)
+    state = dict(checkpoint["model"])
+    state.pop("backbone.fpn.layer_blocks.0.0.weight")
+    state["backbone.body.0.0.weight"] = state["backbone.body.0.0.weight"][:4]
+    checkpoint["model"] = state
+    path = tmp_path / "edited.pth"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as info:
+        model_from_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: the weights do not fit the model its model_config describes")
+    assert "1 missing (e.g. backbone.fpn.layer_blocks.0.0.weight)" in message
+    assert "1 of another shape (e.g. backbone.body.0.0.weight: [4," in message and "\n" not in message
+    checkpoint = checkpoint_of(model)
+    checkpoint["model_config"] = {**checkpoint["model_config"], "arch": "vgg"}
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=r"edited.pth: its model_config cannot be built \("):
+        model_from_checkpoint(path)
+
+
+def test_make_checkpoint_refuses_to_overwrite_its_fixed_entries(model):
+    with pytest.raises(ValueError, match="format"):
+        make_checkpoint(model.state_dict(), model.build_config, CATEGORIES, format="other")
 
 
 @pytest.mark.parametrize(

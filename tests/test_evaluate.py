@@ -8,11 +8,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from fnoise_maskrcnn.coco_eval import STAT_NAMES, evaluate_coco
-from fnoise_maskrcnn.evaluate import BACKENDS, _metrics_faster, evaluate_checkpoint, main, run_cocoeval
+from fnoise_maskrcnn.coco_eval import STAT_NAMES, evaluate_coco, format_metrics_table
+from fnoise_maskrcnn.evaluate import BACKENDS, evaluate_checkpoint, main, run_cocoeval
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,16 @@ def test_evaluate_prints_tables_and_writes_json(
         assert name in printed
     star_line = next(line for line in printed.splitlines() if line.startswith("star"))
     assert star_line.split()[1:] == ["n/a", "n/a"]
+    # the tables are in percent and say so; the JSON holds fractions
+    assert next(line for line in printed.splitlines() if line.startswith("metric")).split() == [
+        "metric",
+        "bbox",
+        "(%)",
+        "segm",
+        "(%)",
+    ]
+    ap_line = next(line for line in printed.splitlines() if line.startswith("AP "))
+    assert float(ap_line.split()[1]) == pytest.approx(100 * metrics["bbox"]["AP"], abs=0.05)
 
 
 def _results_from_ground_truth(data: dict, jitter: float, seed: int = 0) -> list:
@@ -117,7 +128,7 @@ def test_faster_backend_gives_the_numbers_of_pycocotools(synthetic_coco):
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt.createIndex()
     reference = evaluate_coco(coco_gt, results)
-    fast = _metrics_faster(data, results)
+    fast = evaluate_coco(data, results, backend="faster-coco-eval")
     for iou_type in ("bbox", "segm"):
         assert 0.05 < reference[iou_type]["AP"] < 0.95  # a case where ranking and matching matter
         assert fast[iou_type] == pytest.approx(reference[iou_type], abs=1e-12)
@@ -163,3 +174,77 @@ def test_mismatched_categories_are_a_one_line_error(inference_checkpoint, synthe
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "person" in err and "\n" not in err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_table_units_are_explicit():
+    metrics = {
+        "bbox": dict.fromkeys(STAT_NAMES, 0.5),
+        "segm": {**dict.fromkeys(STAT_NAMES, 0.25), "APs": -1.0},
+        "per_category": {"bbox": {"circle": 0.125, "star": None}, "segm": {"circle": 0.0, "star": None}},
+    }
+    lines = format_metrics_table(metrics).splitlines()
+    assert lines[0].split() == ["metric", "bbox", "(%)", "segm", "(%)"]
+    assert lines[1].split() == ["AP", "50.0", "25.0"] and lines[4].split() == ["APs", "50.0", "n/a"]
+    assert lines[8].split() == ["category", "bbox", "(%)", "segm", "(%)"]
+    assert lines[9].split() == ["circle", "12.5", "0.0"] and lines[10].split() == ["star", "n/a", "n/a"]
+
+
+def _argv(checkpoint, ann, images, out, *more):
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--ann",
+        str(ann),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        *more,
+    ]
+
+
+def test_images_over_max_pixels_are_refused_before_running(
+    inference_checkpoint, synthetic_coco, tmp_path, capsys, monkeypatch
+):
+    from fnoise_maskrcnn import evaluate
+
+    monkeypatch.setattr(
+        evaluate, "model_from_checkpoint", lambda *a, **k: pytest.fail("the model was loaded")
+    )
+    data = json.loads(synthetic_coco.val_ann.read_text())
+    largest = max(data["images"], key=lambda img: img["width"] * img["height"])
+    pixels = largest["width"] * largest["height"]
+    out = tmp_path / "m.json"
+    argv = _argv(inference_checkpoint, synthetic_coco.val_ann, synthetic_coco.val_images, out)
+    assert main([*argv, "--max-pixels", str(pixels - 1)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: {synthetic_coco.val_images / largest['file_name']}: image is {largest['width']}x"
+        f"{largest['height']} = {pixels} pixels, over the limit of {pixels - 1} (--max-pixels)"
+    )
+    assert not out.exists()
+
+
+def test_out_of_memory_is_one_line_that_suggests_max_pixels(
+    inference_checkpoint, synthetic_coco, tmp_path, capsys, monkeypatch
+):
+    from fnoise_maskrcnn import evaluate
+
+    out_of_memory = getattr(torch, "OutOfMemoryError", MemoryError)
+
+    def fail(*args, **kwargs):
+        raise out_of_memory("CUDA out of memory. Tried to allocate 2.00 GiB.\nSee documentation")
+
+    monkeypatch.setattr(evaluate, "predict_batch", fail)
+    out = tmp_path / "m.json"
+    argv = _argv(inference_checkpoint, synthetic_coco.val_ann, synthetic_coco.val_images, out)
+    assert main([*argv, "--batch-size", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    first_two = sorted(json.loads(synthetic_coco.val_ann.read_text())["images"], key=lambda i: i["id"])[:2]
+    assert (
+        "\n" not in err
+        and err.startswith("error: ")
+        and err.endswith("out of memory while predicting; try a smaller --max-pixels or --batch-size 1")
+    )
+    assert all(str(synthetic_coco.val_images / img["file_name"]) in err for img in first_two)
+    assert not out.exists()

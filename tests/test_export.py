@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from fnoise_maskrcnn.checkpoint import model_from_checkpoint
 from fnoise_maskrcnn.export import main as export_main
-from fnoise_maskrcnn.inference import read_image
+from fnoise_maskrcnn.image_io import read_image_tensor
+from fnoise_maskrcnn.model_io import model_from_checkpoint
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -60,7 +60,7 @@ def pytorch_model(inference_checkpoint):
 def val_images(synthetic_coco):
     """The four synthetic val images (128-192 px, all of different sizes)."""
     images = sorted(json.loads(synthetic_coco.val_ann.read_text())["images"], key=lambda img: img["id"])
-    return [read_image(synthetic_coco.val_images / img["file_name"]) for img in images]
+    return [read_image_tensor(synthetic_coco.val_images / img["file_name"]) for img in images]
 
 
 @pytest.fixture(scope="module")

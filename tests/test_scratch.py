@@ -12,8 +12,9 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fnoise_maskrcnn import build_model, maskrcnn_mobilenet_v3_large_fpn, maskrcnn_resnet50_fpn, train
-from fnoise_maskrcnn.checkpoint import model_from_checkpoint, save_checkpoint
+from fnoise_maskrcnn.checkpoint import save_checkpoint
 from fnoise_maskrcnn.export import export
+from fnoise_maskrcnn.model_io import model_from_checkpoint
 from fnoise_maskrcnn.recipes import LIGHT_HEADS, RECIPES
 
 SMALL = {

@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from fnoise_maskrcnn.checkpoint import model_from_checkpoint
-from fnoise_maskrcnn.inference import predict_batch, read_image
+from fnoise_maskrcnn.image_io import read_image_tensor
+from fnoise_maskrcnn.inference import predict_batch
+from fnoise_maskrcnn.model_io import model_from_checkpoint
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -78,13 +79,13 @@ def test_health_and_model_metadata(base_url, service):
 def test_predict_json_matches_the_model(base_url, inference_checkpoint, val_files):
     model, _ = model_from_checkpoint(inference_checkpoint)
     path = val_files[0]
-    expected = predict_batch(model, [read_image(path)], score_thresh=SCORE_THRESH)[0]
+    expected = predict_batch(model, [read_image_tensor(path)], score_thresh=SCORE_THRESH)[0]
     assert len(expected["scores"]) >= 2
     with httpx.Client(timeout=60) as client:
         response = post_image(client, base_url, path.read_bytes(), path.name)
     assert response.status_code == 200, response.text
     body = response.json()
-    height, width = read_image(path).shape[1:]
+    height, width = read_image_tensor(path).shape[1:]
     assert (body["height"], body["width"]) == (height, width)
     instances = body["instances"]
     assert len(instances) == len(expected["scores"])

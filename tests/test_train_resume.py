@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fnoise_maskrcnn import train
-from fnoise_maskrcnn.checkpoint import load_checkpoint, model_from_checkpoint
+from fnoise_maskrcnn.checkpoint import load_checkpoint
+from fnoise_maskrcnn.model_io import model_from_checkpoint
 from test_train import TINY_MODEL, TrainingHook, data_flags, read_metrics
 
 

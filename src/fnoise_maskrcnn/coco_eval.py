@@ -1,4 +1,12 @@
-"""COCO evaluation of Mask R-CNN predictions with pycocotools."""
+"""COCO evaluation of Mask R-CNN predictions: the one path used by training, ``evaluate`` and the benchmarks.
+
+:func:`evaluate_coco` runs COCOeval (evaluate, accumulate, summarize) for each IoU type and reads the
+summary and per-category APs out of it. The backend, ``pycocotools`` or ``faster-coco-eval`` (its C++
+COCOeval, same numbers), only picks the ``COCO`` and ``COCOeval`` classes (:func:`coco_classes`);
+everything else is shared. :func:`encode_masks` is the package's one COCO RLE encoder.
+"""
+
+from __future__ import annotations
 
 import contextlib
 import copy
@@ -9,28 +17,84 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
-__all__ = ["STAT_NAMES", "predictions_to_coco_results", "evaluate_coco", "format_metrics_table"]
+__all__ = [
+    "BACKENDS",
+    "IOU_TYPES",
+    "MASK_THRESHOLD",
+    "STAT_NAMES",
+    "coco_classes",
+    "encode_masks",
+    "predictions_to_coco_results",
+    "run_cocoeval",
+    "evaluate_coco",
+    "format_metrics_table",
+]
 
-# The first six COCOeval statistics, in COCOeval.summarize() order.
+#: The first six COCOeval statistics, in COCOeval.summarize() order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = ("bbox", "segm")
+BACKENDS = ("pycocotools", "faster-coco-eval")
+#: Soft masks are binarised at this value, as in torchvision's references.
+MASK_THRESHOLD = 0.5
+
+
+def coco_classes(backend: str = "pycocotools") -> tuple[type, type]:
+    """The ``(COCO, COCOeval)`` classes of a backend.
+
+    Raises:
+        ValueError: an unknown backend.
+        ImportError: faster-coco-eval is asked for but not installed (one-line message).
+    """
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        return COCO, COCOeval
+    if backend == "faster-coco-eval":
+        try:
+            from faster_coco_eval import COCO, COCOeval_faster
+        except ImportError:
+            raise ImportError(
+                "the faster-coco-eval backend needs the package: pip install 'fnoise-maskrcnn[eval]'"
+            ) from None
+        return COCO, COCOeval_faster
+    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+
+
+def encode_masks(masks: torch.Tensor, threshold: float = MASK_THRESHOLD) -> list[dict[str, Any]]:
+    """COCO compressed RLE of masks binarised at ``mask >= threshold``, one mask at a time (so that no
+    copy of all the masks is made).
+
+    Args:
+        masks: ``[N, 1, H, W]`` soft masks (float in ``[0, 1]``) or binary masks (bool / uint8), any device.
+
+    Returns:
+        ``N`` dicts ``{"size": [H, W], "counts": str}`` (``counts`` decoded to ``str`` for JSON).
+    """
+    rles = []
+    for mask in masks.detach()[:, 0]:
+        binary = mask if mask.dtype == torch.bool else mask >= threshold
+        # pycocotools wants Fortran-ordered [H, W, 1] uint8: the transposed C-ordered [W, H], viewed back.
+        fortran = binary.t().to("cpu", torch.uint8).contiguous().numpy().T[:, :, None]
+        rle = mask_utils.encode(fortran)[0]
+        rles.append({"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")})
+    return rles
 
 
 def predictions_to_coco_results(
     outputs: Sequence[Mapping[str, torch.Tensor]],
     image_ids: Sequence[int],
     categories: Sequence[Mapping[str, Any]],
-    mask_threshold: float = 0.5,
+    mask_threshold: float = MASK_THRESHOLD,
 ) -> list[dict[str, Any]]:
     """Converts model outputs to COCO results entries.
 
     Args:
         outputs: one dict per image as returned by Mask R-CNN in eval mode: ``boxes``
             ``FloatTensor[N, 4]`` XYXY in original image pixels, ``scores`` ``FloatTensor[N]``,
-            ``labels`` ``Int64Tensor[N]`` in ``1..K``, and optionally ``masks`` ``FloatTensor[N, 1, H, W]``.
+            ``labels`` ``Int64Tensor[N]`` in ``1..K``, and optionally ``masks`` ``[N, 1, H, W]`` (soft or
+            binary, see :func:`encode_masks`).
         image_ids: the COCO image id of each output.
         categories: ``[{"id": original_id, "name": str}]`` in label order (label ``i + 1`` is
             ``categories[i]``).
@@ -52,12 +116,7 @@ def predictions_to_coco_results(
         xywh[:, 2:] -= xywh[:, :2]
         scores = output["scores"].detach().float().cpu().tolist()
         labels = output["labels"].detach().cpu().tolist()
-        rles: list[dict[str, Any]] | None = None
-        if "masks" in output:
-            binary = (output["masks"].detach()[:, 0] >= mask_threshold).to(torch.uint8).cpu().numpy()
-            rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
-            for rle in rles:
-                rle["counts"] = rle["counts"].decode("ascii")
+        rles = encode_masks(output["masks"], mask_threshold) if "masks" in output else None
         for k, (box, score, label) in enumerate(zip(xywh.tolist(), scores, labels)):
             if label not in label_to_category:
                 raise ValueError(f"predicted label {label} has no category (the model has {len(categories)})")
@@ -73,86 +132,147 @@ def predictions_to_coco_results(
     return results
 
 
-def _per_category_ap(evaluator: COCOeval, coco_gt: COCO) -> dict[str, float | None]:
-    """AP@[.5:.95] per category (area all, maxDets 100); ``None`` for a category without ground truth."""
-    precision = evaluator.eval["precision"]  # [T, R, K, A, M]
-    per_category: dict[str, float | None] = {}
-    for k, cat_id in enumerate(evaluator.params.catIds):
-        values = precision[:, :, k, 0, -1]
-        values = values[values > -1]
-        name = coco_gt.cats[cat_id]["name"]
-        per_category[name] = float(values.mean()) if values.size else None
-    return per_category
+def _ground_truth(coco_gt: Any, backend: str) -> Any:
+    """A ``COCO`` object of ``backend`` over ``coco_gt`` (a ``COCO`` of either backend, or a dict).
+
+    A pycocotools ``COCO`` is used as it is for the pycocotools backend; otherwise the ground truth is
+    indexed anew from a copy (COCO classes may add fields to the dict they index).
+    """
+    coco_cls, _ = coco_classes(backend)
+    if isinstance(coco_gt, coco_cls):
+        return coco_gt
+    dataset = coco_gt.dataset if hasattr(coco_gt, "dataset") else coco_gt
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
+        gt = coco_cls()
+        gt.dataset = copy.deepcopy(dict(dataset))
+        gt.createIndex()
+    return gt
+
+
+def run_cocoeval(
+    coco_gt: Any,
+    results: Sequence[Mapping[str, Any]],
+    iou_type: str,
+    cat_ids: Sequence[int],
+    img_ids: Sequence[int],
+    backend: str = "pycocotools",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Runs COCOeval (evaluate, accumulate, summarize) with one backend, silently.
+
+    Args:
+        coco_gt: the ground truth: a ``COCO`` object (of either backend) or a COCO dict (``images``,
+            ``annotations``, ``categories``), crowd annotations included.
+        results: COCO results entries (not modified); must not be empty.
+
+    Returns:
+        ``(stats float64 [12], precision float64 [T, R, K, A, M])`` as COCOeval computes them; ``K`` follows
+        ``cat_ids``.
+    """
+    stats, precision, _ = _cocoeval(
+        _ground_truth(coco_gt, backend), results, iou_type, cat_ids, img_ids, backend
+    )
+    return stats, precision
+
+
+def _cocoeval(
+    gt: Any,
+    results: Sequence[Mapping[str, Any]],
+    iou_type: str,
+    cat_ids: Sequence[int],
+    img_ids: Sequence[int],
+    backend: str,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """COCOeval on an indexed ground truth of ``backend``; also returns what summarize() printed."""
+    _, evaluator_cls = coco_classes(backend)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        dt = gt.loadRes(copy.deepcopy(list(results)))  # loadRes adds fields to the entries
+        evaluator = evaluator_cls(gt, dt, iouType=iou_type)
+        evaluator.params.catIds = list(cat_ids)
+        evaluator.params.imgIds = list(img_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = np.asarray(evaluator.stats, dtype=np.float64)
+    precision = np.asarray(evaluator.eval["precision"], dtype=np.float64)
+    return stats, precision, stdout.getvalue().split("DONE", 1)[-1].strip()
 
 
 def evaluate_coco(
-    coco_gt: COCO,
+    coco_gt: Any,
     results: Sequence[Mapping[str, Any]],
     cat_ids: Sequence[int] | None = None,
     img_ids: Sequence[int] | None = None,
     iou_types: Sequence[str] = IOU_TYPES,
+    backend: str = "pycocotools",
 ) -> dict[str, Any]:
     """Runs COCOeval for each IoU type.
 
     Args:
-        coco_gt: ground truth, crowd annotations included.
+        coco_gt: ground truth, crowd annotations included: a ``COCO`` object (of either backend) or a COCO
+            dict.
         results: COCO results entries (see :func:`predictions_to_coco_results`).
         cat_ids: categories to evaluate (default: all of ``coco_gt``).
         img_ids: images to evaluate (default: all of ``coco_gt``).
         iou_types: any of ``"bbox"``, ``"segm"``.
+        backend: ``"pycocotools"`` or ``"faster-coco-eval"``; it only picks the COCO/COCOeval classes.
 
     Returns:
         ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"}, "segm": {...},
         "per_category": {"bbox": {name: AP or None}, "segm": {...}}, "summary": {iou_type: text}}``.
-        Values are COCOeval's, in ``[0, 1]``; ``-1`` where COCOeval has nothing to average. With no
-        results at all, every AP is 0.
+        Values are COCOeval's, in ``[0, 1]``; ``-1`` where COCOeval has nothing to average; per-category
+        ``None`` for a category without ground truth in the images. With no results at all, every AP is 0.
     """
-    metrics: dict[str, Any] = {"per_category": {}, "summary": {}}
-    cat_ids = list(cat_ids) if cat_ids is not None else sorted(coco_gt.getCatIds())
-    img_ids = list(img_ids) if img_ids is not None else sorted(coco_gt.getImgIds())
     for iou_type in iou_types:
         if iou_type not in IOU_TYPES:
             raise ValueError(f"iou_type must be one of {', '.join(IOU_TYPES)}; got {iou_type!r}")
+    gt = _ground_truth(coco_gt, backend)
+    dataset = gt.dataset
+    names = {int(c["id"]): str(c["name"]) for c in dataset["categories"]}
+    cat_ids = [int(c) for c in cat_ids] if cat_ids is not None else sorted(names)
+    img_ids = list(img_ids) if img_ids is not None else sorted(int(img["id"]) for img in dataset["images"])
+    wanted = set(img_ids)
+    with_instances = {int(a["category_id"]) for a in dataset["annotations"] if a["image_id"] in wanted}
+    metrics: dict[str, Any] = {"per_category": {}, "summary": {}}
+    for iou_type in iou_types:
         entries = [r for r in results if iou_type == "bbox" or "segmentation" in r]
         if not entries:
             metrics[iou_type] = {name: 0.0 for name in STAT_NAMES}
             metrics["per_category"][iou_type] = {
-                coco_gt.cats[c]["name"]: (0.0 if coco_gt.getAnnIds(catIds=[c], imgIds=img_ids) else None)
-                for c in cat_ids
+                names[c]: (0.0 if c in with_instances else None) for c in cat_ids
             }
             metrics["summary"][iou_type] = "no detections"
             continue
-        stdout = io.StringIO()
-        with contextlib.redirect_stdout(stdout):
-            coco_dt = coco_gt.loadRes(copy.deepcopy(list(entries)))
-            evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
-            evaluator.params.catIds = cat_ids
-            evaluator.params.imgIds = img_ids
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-        metrics[iou_type] = {name: float(evaluator.stats[i]) for i, name in enumerate(STAT_NAMES)}
-        metrics["per_category"][iou_type] = _per_category_ap(evaluator, coco_gt)
-        metrics["summary"][iou_type] = stdout.getvalue().split("DONE", 1)[-1].strip()
+        stats, precision, summary = _cocoeval(gt, entries, iou_type, cat_ids, img_ids, backend)
+        metrics[iou_type] = {name: float(stats[i]) for i, name in enumerate(STAT_NAMES)}
+        per_category: dict[str, float | None] = {}
+        for k, cat_id in enumerate(cat_ids):
+            values = precision[:, :, k, 0, -1]  # all IoUs and recalls, area "all", maxDets 100
+            values = values[values > -1]
+            per_category[names[cat_id]] = float(values.mean()) if values.size else None
+        metrics["per_category"][iou_type] = per_category
+        metrics["summary"][iou_type] = summary
     return metrics
 
 
 def format_metrics_table(metrics: Mapping[str, Any]) -> str:
-    """A plain-text table of the summary APs and the per-category APs, in percent."""
+    """A plain-text table of the summary APs and the per-category APs; values in percent, as the header
+    says (the metrics dicts hold fractions in ``[0, 1]``)."""
 
     def pct(value: float | None) -> str:
-        return "   n/a" if value is None or value < 0 else f"{100 * value:6.1f}"
+        return f"{'n/a':>8}" if value is None or value < 0 else f"{100 * value:8.1f}"
 
     iou_types = [t for t in IOU_TYPES if t in metrics]
-    lines = ["metric " + " ".join(f"{t:>6}" for t in iou_types)]
+    header = " ".join(f"{t + ' (%)':>8}" for t in iou_types)
+    lines = [f"{'metric':<6} {header}"]
     for name in STAT_NAMES:
         lines.append(f"{name:<6} " + " ".join(pct(metrics[t][name]) for t in iou_types))
     per_category = metrics.get("per_category", {})
     names = sorted({n for t in iou_types for n in per_category.get(t, {})})
     if names:
-        width = max(len(n) for n in names)
+        width = max(len(n) for n in names + ["category"])
         lines.append("")
-        lines.append(f"{'category':<{width}} " + " ".join(f"{t:>6}" for t in iou_types))
+        lines.append(f"{'category':<{width}} {header}")
         for n in names:
             lines.append(f"{n:<{width}} " + " ".join(pct(per_category.get(t, {}).get(n)) for t in iou_types))
     return "\n".join(lines)

@@ -13,102 +13,40 @@ annotations included in the ground truth). Categories are matched on their origi
 - a category without any instance in the set is reported as n/a (``null`` in the JSON);
 - detections of model categories that the annotation file does not have are left out.
 
-``--backend faster-coco-eval`` uses the C++ COCOeval of the ``faster-coco-eval`` package, which
-gives the same numbers as pycocotools (checked by the tests and by ``benchmarks/bench_cocoeval.py``).
+Evaluation is :func:`fnoise_maskrcnn.coco_eval.evaluate_coco`, as in training. ``--backend
+faster-coco-eval`` makes it use the C++ COCOeval of the ``faster-coco-eval`` package, which gives the
+same numbers as pycocotools (checked by the tests and by ``benchmarks/bench_cocoeval.py``).
+
+Images over ``--max-pixels`` are refused before anything runs (their sizes are in the annotation file),
+and running out of memory is one line that points to ``--max-pixels`` and ``--batch-size``.
 """
 
+from __future__ import annotations
+
 import argparse
-import contextlib
-import copy
-import io
 import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .atomic import write_bytes_atomic
-from .checkpoint import CheckpointError, model_from_checkpoint
-from .coco_eval import STAT_NAMES, evaluate_coco, format_metrics_table, predictions_to_coco_results
+from .checkpoint import CheckpointError
+from .coco_eval import (
+    BACKENDS,
+    evaluate_coco,
+    format_metrics_table,
+    predictions_to_coco_results,
+    run_cocoeval,
+)
 from .data import CocoInstances, DatasetError, collate_fn
-from .inference import ImageError, predict_batch, resolve_device
+from .image_io import ImageError, ImageTooLargeError
+from .inference import DEFAULT_MAX_PIXELS, is_out_of_memory, predict_batch, resolve_device
+from .model_io import model_from_checkpoint
 
-__all__ = ["BACKENDS", "run_cocoeval", "match_categories", "evaluate_checkpoint", "main"]
-
-BACKENDS = ("pycocotools", "faster-coco-eval")
-IOU_TYPES = ("bbox", "segm")
-
-
-def run_cocoeval(
-    gt_dataset: Mapping[str, Any],
-    results: Sequence[Mapping[str, Any]],
-    iou_type: str,
-    cat_ids: Sequence[int],
-    img_ids: Sequence[int],
-    backend: str = "pycocotools",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Runs COCOeval (evaluate, accumulate, summarize) with one backend, silently.
-
-    Args:
-        gt_dataset: COCO ground truth as a dict (``images``, ``annotations``, ``categories``).
-        results: COCO results entries (not modified); must not be empty.
-
-    Returns:
-        ``(stats float64 [12], precision float64 [T, R, K, A, M])`` as COCOeval computes them.
-    """
-    if backend == "pycocotools":
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval as Evaluator
-    elif backend == "faster-coco-eval":
-        from faster_coco_eval import COCO
-        from faster_coco_eval import COCOeval_faster as Evaluator
-    else:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(dict(gt_dataset))
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(copy.deepcopy(list(results)))
-        evaluator = Evaluator(coco_gt, coco_dt, iouType=iou_type)
-        evaluator.params.catIds = list(cat_ids)
-        evaluator.params.imgIds = list(img_ids)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return np.asarray(evaluator.stats, dtype=np.float64), np.asarray(
-        evaluator.eval["precision"], dtype=np.float64
-    )
-
-
-def _metrics_faster(gt_dataset: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The dict of :func:`fnoise_maskrcnn.coco_eval.evaluate_coco`, computed with faster-coco-eval."""
-    categories = sorted(gt_dataset["categories"], key=lambda c: c["id"])
-    cat_ids = [c["id"] for c in categories]
-    img_ids = sorted(img["id"] for img in gt_dataset["images"])
-    with_instances = {a["category_id"] for a in gt_dataset["annotations"]}
-    metrics: dict[str, Any] = {"per_category": {}, "summary": {}}
-    for iou_type in IOU_TYPES:
-        entries = [r for r in results if iou_type == "bbox" or "segmentation" in r]
-        if not entries:
-            metrics[iou_type] = {name: 0.0 for name in STAT_NAMES}
-            metrics["per_category"][iou_type] = {
-                c["name"]: (0.0 if c["id"] in with_instances else None) for c in categories
-            }
-            metrics["summary"][iou_type] = "no detections"
-            continue
-        stats, precision = run_cocoeval(gt_dataset, entries, iou_type, cat_ids, img_ids, "faster-coco-eval")
-        metrics[iou_type] = {name: float(stats[i]) for i, name in enumerate(STAT_NAMES)}
-        per_category = {}
-        for k, category in enumerate(categories):
-            values = precision[:, :, k, 0, -1]
-            values = values[values > -1]
-            per_category[category["name"]] = float(values.mean()) if values.size else None
-        metrics["per_category"][iou_type] = per_category
-        metrics["summary"][iou_type] = ""
-    return metrics
+__all__ = ["BACKENDS", "run_cocoeval", "match_categories", "check_image_sizes", "evaluate_checkpoint", "main"]
 
 
 def match_categories(
@@ -138,15 +76,38 @@ def match_categories(
     return shared, only_data, only_model
 
 
+def check_image_sizes(dataset: CocoInstances, max_pixels: int | None) -> None:
+    """Refuses a set with an image over ``max_pixels``, from the sizes in the annotation file (the dataset
+    checks each image against them when it reads it).
+
+    Raises:
+        ImageTooLargeError: naming the first such image, its size and the limit.
+    """
+    if max_pixels is None:
+        return
+    for image in dataset.coco.dataset["images"]:
+        width, height = int(image["width"]), int(image["height"])
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"{dataset.image_dir / image['file_name']}: image is {width}x{height} = {width * height} "
+                f"pixels, over the limit of {max_pixels} (--max-pixels)"
+            )
+
+
+def _file_names(dataset: CocoInstances, image_ids: Sequence[int]) -> str:
+    return ", ".join(str(dataset.image_dir / dataset.coco.imgs[int(i)]["file_name"]) for i in image_ids)
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     ann_file: Path,
     image_dir: Path,
     *,
     batch_size: int = 2,
-    device: str | None = "auto",
+    device: str | torch.device | None = "auto",
     workers: int = 0,
     max_images: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     backend: str = "pycocotools",
 ) -> dict[str, Any]:
     """Predicts on every image of the set and evaluates; returns the metrics dict written as JSON.
@@ -155,10 +116,15 @@ def evaluate_checkpoint(
         ``{"bbox": {AP...}, "segm": {...}, "per_category": {"bbox": {name: AP or None}, "segm": ...},
         "images", "detections", "categories_without_predictions", "ignored_model_categories",
         "backend", "checkpoint", "ann"}``; APs in ``[0, 1]``.
+
+    Raises:
+        CheckpointError, DatasetError, ImageError: one-line messages naming the file.
+        MemoryError: out of memory, with a one-line message naming the images of the batch.
     """
     torch_device = resolve_device(device)
-    model, ckpt = model_from_checkpoint(checkpoint, device=torch_device)
     dataset = CocoInstances(image_dir, ann_file, max_images=max_images)
+    check_image_sizes(dataset, max_pixels)
+    model, ckpt = model_from_checkpoint(checkpoint, device=torch_device)
     _, only_data, only_model = match_categories(ckpt["categories"], dataset.categories, ann_file)
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -171,14 +137,21 @@ def evaluate_checkpoint(
     data_ids = {c["id"] for c in dataset.categories}
     results: list[dict[str, Any]] = []
     for images, targets in loader:
-        outputs = predict_batch(model, list(images), device=torch_device)
-        entries = predictions_to_coco_results(outputs, [t["image_id"] for t in targets], ckpt["categories"])
+        image_ids = [int(t["image_id"]) for t in targets]
+        try:
+            outputs = predict_batch(model, list(images), device=torch_device)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            hint = "--max-pixels" + (" or --batch-size 1" if len(image_ids) > 1 else "")
+            raise MemoryError(
+                f"{_file_names(dataset, image_ids)}: out of memory while predicting; try a smaller {hint}"
+            ) from None
+        entries = predictions_to_coco_results(outputs, image_ids, ckpt["categories"])
         results.extend(e for e in entries if e["category_id"] in data_ids)
+        del images, outputs
 
-    if backend == "pycocotools":
-        metrics = evaluate_coco(dataset.coco, results)
-    else:
-        metrics = _metrics_faster(dataset.coco.dataset, results)
+    metrics = evaluate_coco(dataset.coco, results, backend=backend)
     metrics.pop("summary", None)
     metrics.update(
         {
@@ -194,7 +167,20 @@ def evaluate_checkpoint(
     return metrics
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line. An error raised in a DataLoader worker arrives with the worker's
+    traceback in its message; its last line is the original message."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) > 1 and "Original Traceback" in str(exc):
+        last = lines[-1]
+        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+        return last.removeprefix(prefix).removeprefix(f"{type(exc).__name__}: ")
+    return lines[0]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fnoise_maskrcnn.evaluate",
         description="COCO bbox and segm AP of a checkpoint on a COCO-format set (printed, and as JSON).",
@@ -212,17 +198,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
     parser.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
     parser.add_argument("--max-images", type=int, help="evaluate the first N images only (by image id)")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse a set with an image over this many pixels, width*height (default {DEFAULT_MAX_PIXELS})",
+    )
     parser.add_argument("--device", default="auto", help="'auto' (GPU when there is one), 'cpu', 'cuda' ...")
     parser.add_argument(
         "--backend", choices=BACKENDS, default="pycocotools", help="COCOeval implementation (same numbers)"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers < 0:
-        parser.error(f"--workers must be >= 0, got {args.workers}")
-    if args.max_images is not None and args.max_images < 1:
-        parser.error(f"--max-images must be >= 1, got {args.max_images}")
+    for flag, value, minimum in (
+        ("--batch-size", args.batch_size, 1),
+        ("--workers", args.workers, 0),
+        ("--max-images", args.max_images, 1),
+        ("--max-pixels", args.max_pixels, 1),
+    ):
+        if value is not None and value < minimum:
+            parser.error(f"{flag} must be >= {minimum}, got {value}")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
     if args.backend == "faster-coco-eval":
         try:
             import faster_coco_eval  # noqa: F401
@@ -235,17 +238,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.ann,
             args.images,
             batch_size=args.batch_size,
-            device=args.device,
+            device=device,
             workers=args.workers,
             max_images=args.max_images,
+            max_pixels=args.max_pixels,
             backend=args.backend,
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic((json.dumps(metrics, indent=2) + "\n").encode(), out)
-    except (CheckpointError, DatasetError, ImageError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (CheckpointError, DatasetError, ImageError, ValueError, OSError, MemoryError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    print(f"{metrics['images']} images, {metrics['detections']} detections, COCO AP in % ({args.backend}):")
+    print(f"{metrics['images']} images, {metrics['detections']} detections, COCO AP ({args.backend}):")
     print(format_metrics_table(metrics))
     if metrics["categories_without_predictions"]:
         print(

@@ -34,7 +34,8 @@ from torchvision.models.detection import MaskRCNN
 
 from .atomic import atomic_path
 from .backbone import FNoiseBackboneWithFPN
-from .checkpoint import CheckpointError, model_from_checkpoint
+from .checkpoint import CheckpointError
+from .model_io import model_from_checkpoint
 
 __all__ = ["FORMATS", "ONNX_OPSET", "strip_f_noise", "export_onnx", "export_torchscript", "main"]
 

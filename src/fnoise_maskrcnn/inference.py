@@ -1,118 +1,137 @@
-"""What predict, evaluate, export and serve share: image decoding, running a model, drawing, JSON.
+"""What predict, evaluate, export and serve share: the device, running a model, drawing, JSON.
 
-Images are decoded with PIL (the decoder ``CocoInstances`` uses, so predictions and evaluation see
-the same pixels) and converted to ``float32 [3, H, W]`` in ``[0, 1]``, the input of torchvision's
-detection models.
+Images are read by :mod:`fnoise_maskrcnn.image_io` (the reader the dataset uses, so predictions and
+evaluation see the same pixels) as ``float32 [3, H, W]`` in ``[0, 1]``, the input of torchvision's
+detection models. :func:`predict_batch` keeps only the detections above the score threshold and pastes
+their masks one at a time as binary masks, so that memory grows with the kept detections, not with the
+model's 100 per image.
 """
+
+from __future__ import annotations
 
 import colorsys
 import io
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from pycocotools import mask as mask_utils
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection import transform as detection_transform
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from .image_io import to_rgb
+from .coco_eval import MASK_THRESHOLD, encode_masks
+from .image_io import ImageError, ImageTooLargeError
 
 __all__ = [
     "ImageError",
     "ImageTooLargeError",
+    "MASK_THRESHOLD",
+    "DEFAULT_MAX_PIXELS",
     "resolve_device",
-    "open_image",
-    "read_image",
-    "decode_image",
+    "is_out_of_memory",
     "filter_by_score",
     "predict_batch",
     "draw_overlay",
-    "encode_masks",
     "instances_to_json",
     "png_bytes",
     "category_names",
 ]
 
-PathLike = str | os.PathLike
 Output = dict[str, torch.Tensor]
 
-#: Soft masks are binarised at this value, as in torchvision's references and ``coco_eval``.
-MASK_THRESHOLD = 0.5
+#: predict's and evaluate's default ``--max-pixels``: 64 megapixels, an 8000 x 8000 image.
+DEFAULT_MAX_PIXELS = 8000 * 8000
+
+_DEVICE_EXAMPLES = "'auto', 'cpu', 'cuda', 'cuda:1'"
 
 
-class ImageError(ValueError):
-    """An input is not a decodable image, or is too large (one-line message)."""
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """The package's one device choice.
 
+    Args:
+        name: ``None`` or ``"auto"``: the GPU when there is one, else the CPU; otherwise a device name
+            (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...) or a ``torch.device``.
 
-class ImageTooLargeError(ImageError):
-    """An image has more pixels than allowed."""
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``None`` or ``"auto"``: the GPU when there is one, else the CPU; otherwise ``torch.device(name)``."""
-    if name in (None, "auto"):
+    Raises:
+        ValueError: not a device name, or a GPU that this machine does not have (one-line message).
+    """
+    if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {str(name)!r} is not a device name (e.g. {_DEVICE_EXAMPLES})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(name)!r} requested but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(name)!r} requested but this machine has {torch.cuda.device_count()} GPU(s)"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(name)!r} requested but MPS is not available on this machine")
     return device
 
 
-def open_image(data: bytes, max_pixels: int | None = None, source: str = "image") -> Image.Image:
-    """Opens encoded image bytes and checks the size from the header, before decoding any pixel.
-
-    Raises:
-        ImageTooLargeError: ``width * height > max_pixels`` (or over PIL's decompression-bomb limit).
-        ImageError: not an image PIL can read.
-    """
-    try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{source}: {exc}") from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageError(f"{source}: not a readable image ({exc.__class__.__name__})") from exc
-    width, height = image.size
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"{source}: image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
-        )
-    return image
-
-
-def decode_image(data: bytes, max_pixels: int | None = None, source: str = "image") -> torch.Tensor:
-    """Decodes image bytes to RGB ``float32 [3, H, W]`` in ``[0, 1]``, upright and 8-bit as in training
-    (:func:`fnoise_maskrcnn.image_io.to_rgb`).
-
-    Raises:
-        ImageError: see :func:`open_image`; also a truncated or corrupt file.
-    """
-    image = open_image(data, max_pixels, source)
-    try:
-        rgb = to_rgb(image)
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"{source}: image cannot be decoded ({exc})") from exc
-    return F.to_dtype(F.pil_to_tensor(rgb), torch.float32, scale=True)
-
-
-def read_image(path: PathLike, max_pixels: int | None = None) -> torch.Tensor:
-    """Reads an image file as :func:`decode_image` does; the error names the file."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-    return decode_image(data, max_pixels, source=str(path))
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: ``MemoryError``, CUDA's ``OutOfMemoryError``, or the CPU
+    allocator's ``RuntimeError`` ("can't allocate memory")."""
+    cuda_oom = getattr(torch, "OutOfMemoryError", None) or getattr(
+        torch.cuda, "OutOfMemoryError", MemoryError
+    )
+    if isinstance(exc, (MemoryError, cuda_oom)):
+        return True
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
+    )
 
 
 def filter_by_score(output: Mapping[str, torch.Tensor], score_thresh: float) -> Output:
     """Keeps the detections with ``score >= score_thresh`` (every entry indexed along dim 0)."""
     keep = output["scores"] >= score_thresh
     return {key: value[keep] for key, value in output.items()}
+
+
+def _paste_binary_masks(masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pastes ``[N, 1, M, M]`` mask-head probabilities into ``size`` one mask at a time, binarised at
+    :data:`MASK_THRESHOLD`.
+
+    Each mask is pasted with torchvision's own ``paste_masks_in_image`` (the same pixels as the model's
+    postprocessing), but only one full-size float mask exists at a time, and the result is ``bool``:
+    ``N * H * W`` bytes instead of torchvision's ``2 * 4 * N * H * W`` (float masks, listed then stacked).
+
+    Returns:
+        ``bool [N, 1, H, W]``.
+    """
+    height, width = size
+    out = torch.zeros((masks.shape[0], 1, height, width), dtype=torch.bool, device=masks.device)
+    for i in range(masks.shape[0]):
+        pasted = detection_transform.paste_masks_in_image(masks[i : i + 1], boxes[i : i + 1], size)
+        out[i] = pasted[0] >= MASK_THRESHOLD
+    return out
+
+
+def _detect(model: MaskRCNN, images: list[torch.Tensor]) -> list[Output]:
+    """``model(images)`` in eval mode (torchvision's ``GeneralizedRCNN.forward`` and
+    ``GeneralizedRCNNTransform.postprocess``), with the masks pasted by :func:`_paste_binary_masks`."""
+    original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+    batch, _ = model.transform(images)
+    features = model.backbone(batch.tensors)
+    proposals, _ = model.rpn(batch, features)
+    detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+    outputs = []
+    for detection, resized, original in zip(detections, batch.image_sizes, original_sizes):
+        output = dict(detection)
+        output["boxes"] = detection_transform.resize_boxes(detection["boxes"], resized, original)
+        if "masks" in detection:
+            output["masks"] = _paste_binary_masks(detection["masks"], output["boxes"], original)
+        outputs.append(output)
+    return outputs
+
+
+def _as_float(image: torch.Tensor) -> torch.Tensor:
+    return image if image.is_floating_point() else F.to_dtype(image, torch.float32, scale=True)
 
 
 @torch.inference_mode()
@@ -125,31 +144,37 @@ def predict_batch(
     """Runs the model (in eval mode) on a batch of images of any sizes.
 
     Args:
-        images: ``float32 [3, H_i, W_i]`` in ``[0, 1]``.
+        images: ``float32 [3, H_i, W_i]`` in ``[0, 1]``, or ``uint8 [3, H_i, W_i]`` (converted on the
+            device, so that a caller can hold images at a quarter of the memory).
         score_thresh: keep detections with ``score >= score_thresh``, also below the model's own
             ``box_score_thresh``; ``None`` keeps the model's threshold. The threshold is applied inside the
-            model, before masks are pasted at full resolution, so dropped detections cost no memory.
+            model, before any mask is pasted at full resolution, so dropped detections cost no memory.
         device: where to run (default: the model's device).
 
     Returns:
         One dict per image, on the CPU: ``boxes`` float32 ``[N, 4]`` XYXY in the image's pixels,
         ``labels`` int64 ``[N]`` in ``1..K``, ``scores`` float32 ``[N]`` (descending),
-        ``masks`` float32 ``[N, 1, H_i, W_i]`` in ``[0, 1]``.
+        ``masks`` bool ``[N, 1, H_i, W_i]``: the model's soft masks binarised at :data:`MASK_THRESHOLD`
+        (as every consumer here does: overlays, COCO RLE, evaluation).
     """
     if device is None:
         device = next(model.parameters()).device
+    was_training = model.training
     model_thresh = model.roi_heads.score_thresh
     if score_thresh is not None:
         # torchvision keeps scores strictly above its threshold; the margin keeps scores equal to ours,
         # and filter_by_score below applies the exact ">=".
         model.roi_heads.score_thresh = score_thresh - 1e-6
     try:
-        outputs = model([image.to(device, non_blocking=True) for image in images])
+        model.eval()
+        outputs = _detect(model, [_as_float(image.to(device, non_blocking=True)) for image in images])
     finally:
         model.roi_heads.score_thresh = model_thresh
+        model.train(was_training)
+    outputs = [{k: v.cpu() for k, v in output.items()} for output in outputs]
     if score_thresh is None:
-        return [{k: v.cpu() for k, v in output.items()} for output in outputs]
-    return [filter_by_score({k: v.cpu() for k, v in output.items()}, score_thresh) for output in outputs]
+        return outputs
+    return [filter_by_score(output, score_thresh) for output in outputs]
 
 
 def category_names(categories: Sequence[Mapping[str, Any]], labels: torch.Tensor) -> list[str]:
@@ -164,7 +189,8 @@ def draw_overlay(
 
     Args:
         image: ``float32 [3, H, W]`` in ``[0, 1]`` or ``uint8 [3, H, W]``.
-        output: detections of this image (see :func:`predict_batch`).
+        output: detections of this image (see :func:`predict_batch`); masks binary or soft (binarised at
+            :data:`MASK_THRESHOLD`).
 
     Returns:
         ``uint8 [3, H, W]``. Instances of the same category share a colour.
@@ -175,7 +201,8 @@ def draw_overlay(
     palette = _palette(len(categories))
     colors = [palette[int(label) - 1] for label in output["labels"]]
     if "masks" in output:
-        masks = output["masks"][:, 0] >= MASK_THRESHOLD
+        masks = output["masks"][:, 0]
+        masks = masks if masks.dtype == torch.bool else masks >= MASK_THRESHOLD
         canvas = draw_segmentation_masks(canvas, masks, alpha=0.45, colors=colors)
     names = category_names(categories, output["labels"])
     captions = [f"{name} {score:.2f}" for name, score in zip(names, output["scores"].tolist())]
@@ -192,15 +219,6 @@ def png_bytes(image: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     F.to_pil_image(image).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
-    """COCO compressed RLE of soft masks ``float32 [N, 1, H, W]`` binarised at 0.5; ``counts`` as ``str``."""
-    if masks.shape[0] == 0:
-        return []
-    binary = (masks[:, 0] >= MASK_THRESHOLD).to(torch.uint8).numpy()
-    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
-    return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]
 
 
 def instances_to_json(

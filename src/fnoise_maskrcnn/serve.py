@@ -35,17 +35,17 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, model_from_checkpoint
+from .checkpoint import CheckpointError
+from .image_io import ImageError, ImageTooLargeError, read_image_tensor
 from .inference import (
-    ImageError,
-    ImageTooLargeError,
-    decode_image,
     draw_overlay,
     instances_to_json,
+    is_out_of_memory,
     png_bytes,
     predict_batch,
     resolve_device,
 )
+from .model_io import model_from_checkpoint
 
 try:
     import uvicorn
@@ -80,7 +80,9 @@ class ModelService:
         device: ``"auto"`` (GPU when there is one), ``"cpu"``, ``"cuda"`` ...
     """
 
-    def __init__(self, checkpoint: str | Path | Mapping[str, Any], device: str | None = "auto") -> None:
+    def __init__(
+        self, checkpoint: str | Path | Mapping[str, Any], device: str | torch.device | None = "auto"
+    ) -> None:
         self.device = resolve_device(device)
         self.model, ckpt = model_from_checkpoint(checkpoint, device=self.device)
         self.categories = list(ckpt["categories"])
@@ -90,8 +92,8 @@ class ModelService:
         self._lock = threading.Lock()
 
     def predict(self, image: torch.Tensor, score_thresh: float | None = None) -> dict[str, torch.Tensor]:
-        """Detections with ``score >= score_thresh`` for one ``float32 [3, H, W]`` image, thresholded inside
-        the model so that dropped detections' masks are never pasted (see
+        """Detections with ``score >= score_thresh`` for one ``uint8`` or ``float32 [3, H, W]`` image,
+        thresholded inside the model so that dropped detections' masks are never pasted (see
         :func:`.inference.predict_batch`)."""
         with self._lock:
             return predict_batch(self.model, [image], score_thresh, device=self.device)[0]
@@ -135,7 +137,7 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     score_thresh: float = 0.5,
-    device: str | None = "auto",
+    device: str | torch.device | None = "auto",
 ) -> "FastAPI":
     """The FastAPI application serving one model.
 
@@ -187,12 +189,26 @@ def create_app(
             raise _bad_request(413, f"image file is over the limit of {max_upload_bytes} bytes")
         source = upload.filename or "image"
         try:  # the size is checked from the header, before any pixel is decoded
-            image = await run_in_threadpool(decode_image, data, max_pixels, source)
+            image = await run_in_threadpool(
+                read_image_tensor, data, name=source, max_pixels=max_pixels, dtype=torch.uint8
+            )
         except ImageTooLargeError as exc:
             raise _bad_request(422, str(exc)) from None
         except ImageError as exc:
             raise _bad_request(415, str(exc)) from None
-        output = await run_in_threadpool(service.predict, image, thresh)
+        except MemoryError:
+            raise _bad_request(
+                503, f"{source}: out of memory while decoding the image; retry later"
+            ) from None
+        del data
+        try:
+            output = await run_in_threadpool(service.predict, image, thresh)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise _bad_request(
+                503, f"{source}: out of memory while predicting; retry later or send a smaller image"
+            ) from None
         if fmt == "png":
             overlay = await run_in_threadpool(
                 lambda: png_bytes(draw_overlay(image, output, service.categories))
@@ -265,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--max-upload-bytes and --max-pixels must be >= 1")
     if not 0.0 <= args.score_thresh <= 1.0:
         parser.error(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
     if FastAPI is None:
         print(f"error: {_SERVE_EXTRA_MISSING}", file=sys.stderr)
         return 2
@@ -274,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_upload_bytes=args.max_upload_bytes,
             max_pixels=args.max_pixels,
             score_thresh=args.score_thresh,
-            device=args.device,
+            device=device,
         )
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

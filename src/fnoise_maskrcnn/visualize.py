@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
 from torch import Tensor, nn
 
 from .atomic import atomic_path
 from .fnoise import F_NOISE_MODES, FNoise
-from .image_io import to_rgb
+from .image_io import ImageError, read_image_tensor
+from .inference import resolve_device
 
 __all__ = [
     "LevelPicture",
@@ -331,13 +331,6 @@ def log_fnoise_pictures(
     return paths
 
 
-def _read_image(path: Path) -> Tensor:
-    """Reads an image file as ``float32 [3, H, W]`` in ``[0, 1]`` (grey and RGBA converted to RGB)."""
-    with Image.open(path) as image:
-        pixels = np.array(to_rgb(image), dtype=np.float32) / 255.0
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
-
-
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fnoise_maskrcnn.visualize",
@@ -365,12 +358,15 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-size", type=int, help="cap the longer side at this (default: the model's max_size)"
     )
-    parser.add_argument("--device", default="cpu", help="device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--device", default="auto", help="'auto' (GPU when there is one), 'cpu', 'cuda', 'cuda:1' ..."
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .checkpoint import CheckpointError, model_from_checkpoint
+    from .checkpoint import CheckpointError
+    from .model_io import model_from_checkpoint
 
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -379,20 +375,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag, value in (("--min-size", args.min_size), ("--max-size", args.max_size)):
         if value is not None and value < 32:
             parser.error(f"{flag} must be >= 32, got {value}")
+    if args.image.is_dir():
+        parser.error(f"--image {args.image}: is a folder, expected an image file")
     if not args.image.is_file():
         parser.error(f"--image {args.image}: no such file")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     try:
-        image = _read_image(args.image)
-    except (OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"error: --image {args.image}: cannot be read as an image ({reason})", file=sys.stderr)
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
+    try:
+        image = read_image_tensor(args.image)
+    except ImageError as exc:
+        print(f"error: --image {exc}", file=sys.stderr)
         return 2
     try:
-        model, checkpoint = model_from_checkpoint(args.checkpoint, device=args.device)
+        model, checkpoint = model_from_checkpoint(args.checkpoint, device=device)
         f_noise = _f_noise_of(model)
-    except (CheckpointError, ValueError, KeyError) as exc:
+    except CheckpointError as exc:  # the message names the file
+        print(f"error: --checkpoint {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError) as exc:
         print(f"error: --checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
         return 2
 

@@ -11,7 +11,8 @@ hand here, because the library does not do it:
   categories chosen by name;
 * images with no annotations get empty ``boxes``/``labels``/``masks`` (the wrapper returns only
   ``image_id`` for them);
-* EXIF orientation is applied, and unreadable image files raise :class:`DatasetError` naming the file.
+* images are read by :func:`fnoise_maskrcnn.image_io.read_image` (EXIF orientation, 16-bit scaling), and
+  unreadable image files raise :class:`DatasetError` naming the file.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torchvision import tv_tensors
 from torchvision.datasets import CocoDetection, VisionDataset, wrap_dataset_for_transforms_v2
 from torchvision.transforms.v2 import functional as F
 
-from ..image_io import to_rgb
+from ..image_io import ImageError, read_image
 from .annotations import DatasetError, check_annotations, load_annotation_file
 
 logger = logging.getLogger(__name__)
@@ -66,13 +67,13 @@ class _CocoSource(CocoDetection):
 
     def _load_image(self, id: int) -> Image.Image:
         path = os.path.join(self.root, self.coco.imgs[id]["file_name"])
-        try:
-            with Image.open(path) as image:
-                image = to_rgb(image)
-        except FileNotFoundError:
-            raise DatasetError(f"{path}: image file not found") from None
-        except (OSError, SyntaxError, ValueError) as e:  # PIL raises all three for corrupt files
-            raise DatasetError(f"{path}: cannot read image ({e})") from None
+        try:  # the package's one image reader: EXIF orientation, 16-bit scaling, one-line errors
+            image = read_image(path)
+        except ImageError as e:
+            reason = str(e).removeprefix(f"{path}: ")
+            if reason == "no such file":
+                raise DatasetError(f"{path}: image file not found") from None
+            raise DatasetError(f"{path}: cannot read image ({reason})") from None
         width, height = self.coco.imgs[id]["width"], self.coco.imgs[id]["height"]
         if image.size != (width, height):  # annotations would not fit the image
             raise DatasetError(
