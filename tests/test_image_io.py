@@ -134,16 +134,18 @@ def test_reader_errors_are_one_line_and_name_the_image(tmp_path):
 
 
 def test_predict_batch_gives_torchvisions_detections_with_binary_masks(inference_checkpoint, synthetic_coco):
-    """predict_batch's own postprocessing (masks pasted one at a time, as bool) gives exactly the
-    model's own output: same boxes, labels and scores, and masks equal to its soft masks >= 0.5."""
+    """predict_batch's own preparation (one image at a time, normalised in place) and postprocessing (masks
+    pasted one at a time, as bool) give exactly the model's own output, from uint8 or float images: same
+    boxes, labels and scores, and masks equal to its soft masks >= 0.5; the caller's images are unchanged."""
     model, _ = model_from_checkpoint(inference_checkpoint)
     paths = sorted(synthetic_coco.val_images.glob("*.jpg"))[:2]
     images = [read_image_tensor(p) for p in paths]
     with torch.inference_mode():
         expected = model(images)
-    got = predict_batch(model, [read_image_tensor(p, dtype=torch.uint8) for p in paths])
+    from_uint8 = predict_batch(model, [read_image_tensor(p, dtype=torch.uint8) for p in paths])
+    from_float = predict_batch(model, images)
     assert sum(len(o["scores"]) for o in expected) >= 4
-    for mine, theirs, image in zip(got, expected, images):
+    for mine, theirs, image in [*zip(from_uint8, expected, images), *zip(from_float, expected, images)]:
         for key in ("boxes", "labels", "scores"):
             assert torch.equal(mine[key], theirs[key]), key
         assert mine["masks"].dtype == torch.bool and mine["masks"].shape == (
@@ -152,6 +154,7 @@ def test_predict_batch_gives_torchvisions_detections_with_binary_masks(inference
             *image.shape[1:],
         )
         assert torch.equal(mine["masks"], theirs["masks"] >= 0.5)
+    assert all(torch.equal(image, read_image_tensor(p)) for image, p in zip(images, paths))
 
 
 def test_score_threshold_is_applied_before_masks_are_pasted(

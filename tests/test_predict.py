@@ -260,3 +260,23 @@ def test_predict_on_a_4096_square_image_under_a_6_gb_address_space_cap(tmp_path)
     results = json.loads((out / "results.json").read_text())
     assert len(results) == detections and all(r["segmentation"]["size"] == [side, side] for r in results)
     assert Image.open(out / "big.png").size == (side, side)
+
+
+def test_overlay_draws_masks_as_torchvision_does_a_band_at_a_time(monkeypatch):
+    """draw_overlay blends masks a band of rows at a time (bounded memory on large images); the pixels are
+    torchvision's draw_segmentation_masks' (overlaps dark), and pixels outside every mask are the image's."""
+    from torchvision.utils import draw_segmentation_masks
+
+    from fnoise_maskrcnn import inference
+
+    generator = torch.Generator().manual_seed(0)
+    image = (torch.rand(3, 97, 131, generator=generator) * 255).to(torch.uint8)
+    masks = torch.rand(5, 97, 131, generator=generator) > 0.7
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (10, 20, 30), (200, 100, 50)]
+    expected = draw_segmentation_masks(image, masks, alpha=0.45, colors=colors)
+    monkeypatch.setattr(inference, "_BAND_PIXELS", 1000)  # 8 rows per band: 13 bands
+    for given in (masks, masks.float() * 0.9):  # binary, or soft binarised at 0.5
+        drawn = inference._draw_masks(image, given, colors, alpha=0.45)
+        inside = masks.any(dim=0)
+        assert torch.equal(drawn[:, inside], expected[:, inside])
+        assert torch.equal(drawn[:, ~inside], image[:, ~inside])

@@ -1,24 +1,29 @@
 """What predict, evaluate, export and serve share: the device, running a model, drawing, JSON.
 
 Images are read by :mod:`fnoise_maskrcnn.image_io` (the reader the dataset uses, so predictions and
-evaluation see the same pixels) as ``float32 [3, H, W]`` in ``[0, 1]``, the input of torchvision's
-detection models. :func:`predict_batch` keeps only the detections above the score threshold and pastes
-their masks one at a time as binary masks, so that memory grows with the kept detections, not with the
-model's 100 per image.
+evaluation see the same pixels) as ``[3, H, W]`` tensors, ``float32`` in ``[0, 1]`` or ``uint8``.
+:func:`predict_batch` gives exactly the model's detections with less memory on large images: images are
+normalised and resized one at a time (one float copy of a full-size image, freed once resized), only the
+detections above the score threshold get a mask, and masks are pasted one at a time as ``bool``; memory
+grows with the kept detections, not with the model's 100 per image. :func:`draw_overlay` blends masks a
+band of rows at a time.
 """
 
 from __future__ import annotations
 
 import colorsys
 import io
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection import transform as detection_transform
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.transforms.v2 import functional as F
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+from torchvision.utils import draw_bounding_boxes
 
 from .coco_eval import MASK_THRESHOLD, encode_masks
 from .image_io import ImageError, ImageTooLargeError
@@ -39,6 +44,10 @@ __all__ = [
 ]
 
 Output = dict[str, torch.Tensor]
+
+_MASK_ALPHA = 0.45
+#: Pixels per band when drawing masks (bounds the float temporaries of a large image).
+_BAND_PIXELS = 1 << 22
 
 #: predict's and evaluate's default ``--max-pixels``: 64 megapixels, an 8000 x 8000 image.
 DEFAULT_MAX_PIXELS = 8000 * 8000
@@ -112,26 +121,66 @@ def _paste_binary_masks(masks: torch.Tensor, boxes: torch.Tensor, size: tuple[in
     return out
 
 
+def _normalized(transform: GeneralizedRCNNTransform, image: torch.Tensor) -> torch.Tensor:
+    """``transform.normalize(image)`` with one new full-size tensor instead of two: a ``uint8`` image is
+    converted as ``to_dtype(scale=True)`` converts it, then normalised in place (the same arithmetic, so
+    the same values); the caller's tensor is never modified."""
+    dtype = image.dtype if image.is_floating_point() else torch.float32
+    mean = torch.as_tensor(transform.image_mean, dtype=dtype, device=image.device)[:, None, None]
+    std = torch.as_tensor(transform.image_std, dtype=dtype, device=image.device)[:, None, None]
+    if image.is_floating_point():
+        normalized = image - mean
+    else:
+        normalized = F.to_dtype(image, dtype, scale=True)
+        normalized.sub_(mean)
+    return normalized.div_(std)
+
+
+def _transform(model: MaskRCNN, images: list[torch.Tensor]) -> tuple[ImageList, list[tuple[int, int]]]:
+    """``model.transform(images)`` in eval mode (torchvision's ``GeneralizedRCNNTransform.forward``), one
+    image at a time: a full-size image costs one float copy, freed as soon as it is resized.
+
+    Args:
+        images: ``[3, H_i, W_i]``, float in ``[0, 1]`` or ``uint8``; the list is emptied.
+
+    Returns:
+        The resized, normalised and padded batch, and the original ``(H_i, W_i)``.
+    """
+    transform = model.transform
+    original_sizes, resized = [], []
+    while images:
+        image = images.pop(0)
+        if image.dim() != 3:
+            raise ValueError(f"images must be [C, H, W] tensors, got shape {list(image.shape)}")
+        original_sizes.append((int(image.shape[-2]), int(image.shape[-1])))
+        image, _ = transform.resize(_normalized(transform, image), None)
+        resized.append(image)
+    sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in resized]
+    padded = transform.batch_images(resized, size_divisible=transform.size_divisible)
+    return ImageList(padded, sizes), original_sizes
+
+
 def _detect(model: MaskRCNN, images: list[torch.Tensor]) -> list[Output]:
     """``model(images)`` in eval mode (torchvision's ``GeneralizedRCNN.forward`` and
-    ``GeneralizedRCNNTransform.postprocess``), with the masks pasted by :func:`_paste_binary_masks`."""
-    original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
-    batch, _ = model.transform(images)
+    ``GeneralizedRCNNTransform.postprocess``) with less memory: images are prepared one at a time
+    (:func:`_transform`, which empties ``images``) and masks are pasted by :func:`_paste_binary_masks`.
+    """
+    batch, original_sizes = _transform(model, images)
     features = model.backbone(batch.tensors)
+    if isinstance(features, torch.Tensor):
+        features = OrderedDict([("0", features)])
     proposals, _ = model.rpn(batch, features)
     detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+    resized_sizes = batch.image_sizes
+    del batch, features, proposals
     outputs = []
-    for detection, resized, original in zip(detections, batch.image_sizes, original_sizes):
+    for detection, resized, original in zip(detections, resized_sizes, original_sizes):
         output = dict(detection)
         output["boxes"] = detection_transform.resize_boxes(detection["boxes"], resized, original)
         if "masks" in detection:
             output["masks"] = _paste_binary_masks(detection["masks"], output["boxes"], original)
         outputs.append(output)
     return outputs
-
-
-def _as_float(image: torch.Tensor) -> torch.Tensor:
-    return image if image.is_floating_point() else F.to_dtype(image, torch.float32, scale=True)
 
 
 @torch.inference_mode()
@@ -167,7 +216,7 @@ def predict_batch(
         model.roi_heads.score_thresh = score_thresh - 1e-6
     try:
         model.eval()
-        outputs = _detect(model, [_as_float(image.to(device, non_blocking=True)) for image in images])
+        outputs = _detect(model, [image.to(device, non_blocking=True) for image in images])
     finally:
         model.roi_heads.score_thresh = model_thresh
         model.train(was_training)
@@ -201,12 +250,46 @@ def draw_overlay(
     palette = _palette(len(categories))
     colors = [palette[int(label) - 1] for label in output["labels"]]
     if "masks" in output:
-        masks = output["masks"][:, 0]
-        masks = masks if masks.dtype == torch.bool else masks >= MASK_THRESHOLD
-        canvas = draw_segmentation_masks(canvas, masks, alpha=0.45, colors=colors)
+        canvas = _draw_masks(canvas, output["masks"][:, 0], colors, alpha=_MASK_ALPHA)
     names = category_names(categories, output["labels"])
     captions = [f"{name} {score:.2f}" for name, score in zip(names, output["scores"].tolist())]
     return draw_bounding_boxes(canvas, output["boxes"], labels=captions, colors=colors, width=2)
+
+
+def _draw_masks(
+    canvas: torch.Tensor, masks: torch.Tensor, colors: Sequence[tuple[int, int, int]], alpha: float
+) -> torch.Tensor:
+    """Masks drawn as torchvision's ``draw_segmentation_masks`` draws them (``image * (1 - alpha) + colour
+    * alpha``, black where masks overlap), a band of rows at a time, so that the float
+    temporaries are those of a band, not of the whole image; pixels outside every mask stay exact.
+
+    Args:
+        canvas: ``uint8 [3, H, W]``.
+        masks: ``[N, H, W]``, bool, or soft (binarised at :data:`MASK_THRESHOLD`).
+
+    Returns:
+        A new ``uint8 [3, H, W]``.
+    """
+    height, width = canvas.shape[-2:]
+    palette = torch.tensor(colors, dtype=torch.uint8, device=canvas.device).view(-1, 3, 1)
+    out = canvas.clone()
+    rows = max(1, _BAND_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        band = slice(top, top + rows)
+        band_masks = masks[:, band]
+        if band_masks.dtype != torch.bool:
+            band_masks = band_masks >= MASK_THRESHOLD
+        touched = band_masks.any(dim=0)
+        if not touched.any():
+            continue
+        original = canvas[:, band]
+        painted = original.clone()
+        for k in range(band_masks.shape[0]):
+            painted[:, band_masks[k]] = palette[k]
+        painted[:, band_masks.sum(dim=0) > 1] = 0  # overlaps are drawn dark, as torchvision draws them
+        blended = (original * (1 - alpha) + painted * alpha).to(torch.uint8)
+        out[:, band] = torch.where(touched, blended, original)
+    return out
 
 
 def _palette(n: int) -> list[tuple]:

@@ -67,6 +67,8 @@ def model_from_checkpoint(
     name = str(checkpoint) if not isinstance(checkpoint, Mapping) else "checkpoint"
     if not isinstance(checkpoint, Mapping):
         checkpoint = load_checkpoint(checkpoint)
+    if not isinstance(checkpoint["model"], Mapping):
+        raise CheckpointError(f"{name}: its 'model' entry is not a state_dict (a dict of tensors)")
     try:
         model = build_model(checkpoint["model_config"])
     except (ValueError, KeyError, TypeError) as exc:
