@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fnoise_maskrcnn import train
+from fnoise_maskrcnn.arguments import parse
 from fnoise_maskrcnn.fnoise import F_NOISE_PRESETS, FNoise, FNoiseSchedule
 
 
@@ -29,8 +30,7 @@ def test_uniform_noise_has_the_requested_relative_std(mode):
 
 
 def test_deepmirror_preset_is_u_08_12():
-    preset = F_NOISE_PRESETS["deepmirror-uniform"]
-    module = FNoise(preset["std"], preset["mode"], distribution=preset["distribution"]).train()
+    module = F_NOISE_PRESETS["deepmirror-uniform"].module().train()
     x = torch.ones(1, 4, 128, 128)
     factor = module(x)
     assert factor.min().item() >= 0.8 - 1e-6 and factor.max().item() <= 1.2 + 1e-6
@@ -76,9 +76,11 @@ def test_schedules():
 
 
 def test_train_flags_parse_per_level_sigma_and_check_schedules(capsys):
-    args = train.parse_args(["--f-noise", "--f-noise-std", "0=0.05", "3=0.2"])
-    assert args.f_noise_std == {"0": 0.05, "3": 0.2}
-    assert train.parse_args(["--f-noise-std", "0.3"]).f_noise_std == 0.3
+    assert parse(["--f-noise", "--f-noise-std", "0=0.05", "3=0.2"]).config.model.f_noise.std == {
+        "0": 0.05,
+        "3": 0.2,
+    }
+    assert parse(["--f-noise-std", "0.3"]).config.model.f_noise.std == 0.3
     for argv, message in [
         (["--f-noise-std", "0=x"], "--f-noise-std: could not convert"),
         (["--f-noise-std", "-1"], "--f-noise-std must be a finite number >= 0"),
@@ -88,7 +90,7 @@ def test_train_flags_parse_per_level_sigma_and_check_schedules(capsys):
         (["--f-noise-std", "3=0.1", "--f-noise-levels", "3"], "per-level --f-noise-std already names"),
     ]:
         with pytest.raises(SystemExit):
-            train.parse_args(argv)
+            parse(argv)
         assert message in capsys.readouterr().err, argv
 
 
@@ -140,14 +142,11 @@ def test_training_logs_the_scheduled_per_level_sigma(synthetic_coco, tmp_path):
     sigmas = [r["f_noise_std"] for r in records if r["type"] == "iter"]
     assert sigmas == [pytest.approx({"0": 0.1 * f, "1": 0.2 * f}) for f in (1.0, 2 / 3, 1 / 3, 0.0)]
     config = json.loads((out / "config.json").read_text())
-    assert config["model_config"]["f_noise"]["std"] == {"0": 0.1, "1": 0.2}
+    assert config["model"]["f_noise"]["std"] == {"0": 0.1, "1": 0.2}
 
 
-def test_seed_report_001_preset_adds_hw_noise_around_the_mean_to_c5_only():
-    preset = F_NOISE_PRESETS["seed-report-001"]
-    module = FNoise(
-        preset["std"], preset["mode"], preset["levels"], distribution=preset["distribution"]
-    ).train()
+def test_seed001_preset_adds_hw_noise_around_the_mean_to_c5_only():
+    module = F_NOISE_PRESETS["seed001-additive"].module().train()
     features = _features()
     out = module(features)
     assert all(out[level] is features[level] for level in ("0", "1", "2"))
@@ -157,10 +156,5 @@ def test_seed_report_001_preset_adds_hw_noise_around_the_mean_to_c5_only():
     plane = added[0, 0]
     assert plane.mean().item() == pytest.approx(features["3"].mean().item(), abs=4 * 0.1 / 32)
     assert plane.std().item() == pytest.approx(0.1, rel=0.15)
-    args = train.parse_args(["--f-noise-preset", "seed-report-001"])
-    assert (args.f_noise, args.f_noise_mode, args.f_noise_levels, args.f_noise_std) == (
-        True,
-        "additive-hw",
-        ["3"],
-        0.1,
-    )
+    f_noise = parse(["--f-noise-preset", "seed001-additive"]).config.model.f_noise
+    assert (f_noise.enabled, f_noise.mode, f_noise.levels, f_noise.std) == (True, "additive-hw", ("3",), 0.1)

@@ -183,6 +183,10 @@ def test_use_f_noise_false_means_zero_std():
         "mode": "channel",
         "distribution": "gaussian",
         "levels": None,
+        "schedule": "constant",
+        "std_end": None,
+        "step_epochs": [],
+        "warmup_iters": 0,
     }
 
 

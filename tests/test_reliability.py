@@ -17,6 +17,7 @@ import torch
 
 from fnoise_maskrcnn import train
 from fnoise_maskrcnn.atomic import AtomicWriteError, atomic_path, write_bytes_atomic, write_text_atomic
+from fnoise_maskrcnn.engine.run import Run
 from fnoise_maskrcnn.run_lock import RunLock
 
 TINY = [
@@ -176,7 +177,7 @@ def test_trained_epoch_is_saved_before_evaluation(synthetic_coco, tmp_path, monk
     def crash(self):
         raise RuntimeError("killed during evaluation")
 
-    monkeypatch.setattr(train.Run, "evaluate", crash)
+    monkeypatch.setattr(Run, "evaluate", crash)
     out = tmp_path / "run"
     started = time.time()
     with pytest.raises(RuntimeError, match="killed during evaluation"):

@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fnoise_maskrcnn import build_model, maskrcnn_mobilenet_v3_large_fpn, maskrcnn_resnet50_fpn, train
+from fnoise_maskrcnn.arguments import parse
 from fnoise_maskrcnn.checkpoint import save_checkpoint
 from fnoise_maskrcnn.export import export
 from fnoise_maskrcnn.model_io import model_from_checkpoint
@@ -125,55 +126,66 @@ def test_build_model_reads_the_older_frozen_batchnorm_key():
     )
 
 
+def _flags(argv: list[str]) -> dict:
+    """The resolved configuration of a command line, as ``{flag dest: value}``."""
+    return parse(argv).config.flags()
+
+
 def test_recipes_resolve_to_their_values_and_explicit_flags_win():
-    args = train.parse_args([])
-    assert args.recipe == "synthetic"
+    flags = _flags([])
+    assert flags["recipe"] == "synthetic"
     for key, value in RECIPES["synthetic"].items():
-        assert getattr(args, key) == (list(map(list, value)) if key == "model_kwarg" else value), key
-    assert dict(args.model_kwarg) == dict(LIGHT_HEADS)
+        assert flags[key] == (list(map(list, value)) if key == "model_kwarg" else value), key
+    assert dict(flags["model_kwarg"]) == dict(LIGHT_HEADS)
 
-    args = train.parse_args(["--lr", "0.005", "--norm", "bn", "--model-kwarg", "box_batch_size_per_image=32"])
-    assert (args.recipe, args.lr, args.norm, args.min_size) == ("synthetic", 0.005, "bn", 160)
-    assert (
-        dict(args.model_kwarg)["box_batch_size_per_image"] == 32
-    )  # the later value wins in the model's kwargs
+    flags = _flags(["--lr", "0.005", "--norm", "bn", "--model-kwarg", "box_batch_size_per_image=32"])
+    assert (flags["recipe"], flags["lr"], flags["norm"], flags["min_size"]) == ("synthetic", 0.005, "bn", 160)
+    assert dict(flags["model_kwarg"])["box_batch_size_per_image"] == 32  # the later value wins
 
-    args = train.parse_args(["--data-path", "somewhere"])
-    assert (args.recipe, args.norm, args.min_size, args.max_size, args.epochs) == (
+    # torchvision's defaults, resolved: COCO sizes, 0.02 per 16 images, steps at 16/26 and 22/26 of the epochs
+    flags = _flags(["--data-path", "somewhere"])
+    assert (flags["recipe"], flags["norm"], flags["min_size"], flags["max_size"], flags["epochs"]) == (
         "torchvision",
         None,
         800,
         1333,
         26,
     )
-    assert (args.lr, args.lr_steps, args.warmup_iters, args.amp) == (None, None, 1000, False)
+    assert (flags["lr"], flags["lr_steps"], flags["warmup_iters"], flags["amp"]) == (
+        0.0025,
+        [16, 22],
+        1000,
+        False,
+    )
+    assert _flags(["--data-path", "somewhere", "--epochs", "13", "-b", "8"])["lr_steps"] == [8, 11]
+    assert _flags(["--data-path", "somewhere", "-b", "8"])["lr"] == 0.01
 
-    args = train.parse_args(["--data-path", "somewhere", "--recipe", "cpu-scratch", "--epochs", "3"])
-    assert (args.recipe, args.norm, args.min_size, args.epochs, args.scale_jitter) == (
+    flags = _flags(["--data-path", "somewhere", "--recipe", "cpu-scratch", "--epochs", "3"])
+    assert (flags["recipe"], flags["norm"], flags["min_size"], flags["epochs"], flags["scale_jitter"]) == (
         "cpu-scratch",
         "gn",
         384,
         3,
         True,
     )
-    args = train.parse_args(["--recipe", "gpu-scratch"])
-    assert (args.norm, args.lr_steps, args.epochs, args.amp) == ("gn", [28, 34], 37, True)
+    flags = _flags(["--recipe", "gpu-scratch"])
+    assert (flags["norm"], flags["lr_steps"], flags["epochs"], flags["amp"]) == ("gn", [28, 34], 37, True)
 
 
 def test_recipe_and_preset_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as exc:
-        train.parse_args(["--recipe", "fast"])
+        parse(["--recipe", "fast"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "--recipe: invalid choice: 'fast'" in err and err.count("error:") == 1  # reported once
 
 
 def test_f_noise_preset_sets_the_original_definition_and_flags_override():
-    args = train.parse_args(["--f-noise-preset", "deepmirror-uniform"])
-    assert args.f_noise and args.f_noise_dist == "uniform" and args.f_noise_mode == "elementwise"
-    assert args.f_noise_std == pytest.approx(0.2 / math.sqrt(3))
-    args = train.parse_args(["--f-noise-preset", "deepmirror-uniform", "--f-noise-std", "0.05"])
-    assert args.f_noise_std == 0.05 and args.f_noise_dist == "uniform"
+    f_noise = parse(["--f-noise-preset", "deepmirror-uniform"]).config.model.f_noise
+    assert f_noise.enabled and f_noise.distribution == "uniform" and f_noise.mode == "elementwise"
+    assert f_noise.std == pytest.approx(0.2 / math.sqrt(3))
+    f_noise = parse(["--f-noise-preset", "deepmirror-uniform", "--f-noise-std", "0.05"]).config.model.f_noise
+    assert f_noise.std == 0.05 and f_noise.distribution == "uniform"
 
 
 def _short_gn_training(data, out: Path) -> list[float]:

@@ -4,81 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-from pathlib import Path
 
 import pytest
 import torch
 
+from _training import TINY_MODEL, Inject, data_flags, read_metrics
 from fnoise_maskrcnn import train
+from fnoise_maskrcnn.arguments import parse
 from fnoise_maskrcnn.checkpoint import load_checkpoint
-
-# Small heads keep a CPU iteration at about a second: the cost of Mask R-CNN on tiny images is in its heads.
-TINY_MODEL = [
-    "--model",
-    "mobilenet_v3",
-    "--min-size",
-    "128",
-    "--max-size",
-    "160",
-    "--model-kwarg",
-    "box_batch_size_per_image=64",
-    "--model-kwarg",
-    "rpn_pre_nms_top_n_train=300",
-    "--model-kwarg",
-    "rpn_post_nms_top_n_train=150",
-    "--model-kwarg",
-    "box_detections_per_img=20",
-]
-
-
-def data_flags(data, val: bool = True) -> list[str]:
-    flags = ["--train-ann", str(data.train_ann), "--train-images", str(data.train_images)]
-    if val:
-        flags += [
-            "--val-ann",
-            str(data.val_ann),
-            "--val-images",
-            str(data.val_images),
-            "--max-val-images",
-            "2",
-        ]
-    return flags
-
-
-def read_metrics(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-class TrainingHook:
-    """Wraps ``train.build_model`` to act at a given training forward pass (counted across the run)."""
-
-    def __init__(self, monkeypatch, at_call: int, action: str) -> None:
-        self.calls = 0
-        self.at_call = at_call
-        self.action = action
-        build_model = train.build_model
-
-        def build_and_hook(*args, **kwargs):
-            model = build_model(*args, **kwargs)
-            model.roi_heads.register_forward_hook(self._hook)
-            return model
-
-        monkeypatch.setattr(train, "build_model", build_and_hook)
-
-    def _hook(self, module, inputs, output):
-        if not (module.training and torch.is_grad_enabled()):  # validation losses run without gradients
-            return output
-        call = self.calls
-        self.calls += 1
-        if call != self.at_call:
-            return output
-        if self.action == "sigint":
-            os.kill(os.getpid(), signal.SIGINT)
-            return output
-        detections, losses = output
-        return detections, {k: v * float("nan") if k == "loss_mask" else v for k, v in losses.items()}
+from fnoise_maskrcnn.distributed import init_distributed
+from fnoise_maskrcnn.engine import LOSS_NAMES
+from fnoise_maskrcnn.engine.run import Run
 
 
 def test_training_lowers_the_loss(synthetic_coco, tmp_path):
@@ -112,50 +48,52 @@ def test_training_lowers_the_loss(synthetic_coco, tmp_path):
     first, last = iters[0]["loss"], min(r["loss"] for r in iters[-2:])
     assert last < 0.7 * first, f"loss went from {first:.3f} to {last:.3f}"
     for record in iters:
-        assert math.isclose(record["loss"], sum(record[k] for k in train.LOSS_NAMES), rel_tol=1e-4)
+        assert math.isclose(record["loss"], sum(record[k] for k in LOSS_NAMES), rel_tol=1e-4)
     assert epochs[-1]["val"] is None and epochs[-1]["segm"] is None and epochs[-1]["f_noise_nsr"] is None
     assert not (out / "best.pth").exists()  # no validation set, no best
     checkpoint = torch.load(out / "last.pth", weights_only=True)
     assert checkpoint["epoch"] == 8 and checkpoint["iteration"] == 8
     assert checkpoint["model_config"]["model_kwargs"]["box_batch_size_per_image"] == 64
     config = json.loads((out / "config.json").read_text())
-    assert config["seed"] == 0 and config["f_noise"] is False and config["model"] == "mobilenet_v3"
+    assert config["run"]["seed"] == 0 and config["model"]["model"] == "mobilenet_v3"
+    assert config["model"]["f_noise"]["enabled"] is False and config["data"]["batch_size"] == 2
+    # The configuration is saved once, and the checkpoint carries the same object.
+    assert checkpoint["config"] == config
     assert any(p.name.startswith("events.out.tfevents") for p in out.iterdir())
 
 
-def test_seed_gives_same_start_with_and_without_f_noise(synthetic_coco, tmp_path):
-    """The comparison's premise: same --seed -> same initial weights and data, whatever --f-noise."""
+def test_seed_gives_same_start_with_and_without_f_noise(synthetic_coco):
+    """The comparison's premise: same --seed -> same initial weights and the same first batch, whatever
+    the F-Noise settings; only the noise differs (its own generator)."""
     common = [
         *data_flags(synthetic_coco, val=False),
         *TINY_MODEL,
         "--max-images",
-        "2",
+        "4",
         "-b",
         "2",
-        "--epochs",
-        "1",
         "--workers",
         "0",
-        "--print-freq",
-        "1",
-        "--lr",
-        "1e-9",
-        "--warmup-iters",
-        "0",
     ]
-    assert train.main([*common, "--output-dir", str(tmp_path / "plain")]) == 0
-    assert (
-        train.main([*common, "--f-noise", "--f-noise-std", "0", "--output-dir", str(tmp_path / "noise0")])
-        == 0
-    )
-    plain, noise0 = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "noise0")
-    # With std 0 the F-Noise run computes exactly the plain run: same weights, same images, same flips.
-    assert plain[0]["loss"] == noise0[0]["loss"]
+    ctx = init_distributed("cpu")
+    runs = [
+        Run.create(parse([*common, *flags, "--output-dir", "unused"]).config, ctx)
+        for flags in ([], ["--f-noise", "--f-noise-std", "0.3"], ["--seed", "1"])
+    ]
+    plain, noisy, other_seed = runs
+    assert noisy.model.backbone.f_noise.std == 0.3 and plain.model.backbone.f_noise.std == 0.0
+    weights = [run.model.state_dict() for run in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    batches = [run.data_rng.next(iter(run.train_loader)) for run in runs]
+    assert [t["image_id"] for t in batches[0][1]] == [t["image_id"] for t in batches[1][1]]
+    assert all(torch.equal(a, b) for a, b in zip(batches[0][0], batches[1][0]))
+    # The RPN/ROI sampling stream is the same too.
+    assert torch.equal(torch.get_rng_state(), torch.get_rng_state())
 
 
-def test_non_finite_loss_stops_with_last_good_state(synthetic_coco, tmp_path, monkeypatch, capsys):
+def test_non_finite_loss_stops_with_last_good_state(synthetic_coco, tmp_path, capsys):
     out = tmp_path / "nan"
-    TrainingHook(monkeypatch, at_call=2, action="nan")
     argv = [
         *data_flags(synthetic_coco, val=False),
         *TINY_MODEL,
@@ -170,7 +108,7 @@ def test_non_finite_loss_stops_with_last_good_state(synthetic_coco, tmp_path, mo
         "--output-dir",
         str(out),
     ]
-    assert train.main(argv) == 1
+    assert train.main(argv, extra_hooks=[Inject(at_step=2, action="nan")]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: non-finite loss at iteration 2 (epoch 1)")
     assert "loss_mask=nan" in err and "loss_classifier=" in err and str(out / "last.pth") in err

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from test_train import TINY_MODEL, data_flags
+from _training import TINY_MODEL, data_flags
 
 
 def test_two_process_ddp_on_cpu(synthetic_coco, tmp_path):
@@ -45,10 +45,12 @@ def test_two_process_ddp_on_cpu(synthetic_coco, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     config = json.loads((out / "config.json").read_text())
-    assert config["world_size"] == 2 and config["total_batch_size"] == 2
+    assert config["optim"]["lr"] == 0.02 * 2 / 16  # the reference lr scaled by the total batch (2 x 1)
     # 4 images, 2 processes, 1 image each per step: 2 iterations, each logged once (rank 0 only).
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["type"], r["iteration"]) for r in records] == [("iter", 0), ("iter", 1), ("epoch", 2)]
+    assert records[0]["type"] == "run" and records[0]["world_size"] == 2
+    logged = [(r["type"], r["iteration"]) for r in records[1:]]
+    assert logged == [("iter", 0), ("iter", 1), ("epoch", 2)]
     epoch = records[-1]
     # Evaluation gathered both shards: COCOeval saw the 2 validation images, and the losses are finite means.
     assert epoch["val_images_evaluated"] == 2

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
-from .fnoise import FNoise
+from .fnoise import FNoise, FNoiseConfig
 
 __all__ = ["FNoiseBackboneWithFPN"]
 
@@ -56,15 +56,10 @@ class FNoiseBackboneWithFPN(BackboneWithFPN):
 
     @classmethod
     def from_backbone_with_fpn(
-        cls,
-        backbone: BackboneWithFPN,
-        *,
-        f_noise_std: float = 0.0,
-        f_noise_mode: str = "elementwise",
-        f_noise_levels: Sequence[str] | None = None,
-        f_noise_distribution: str = "gaussian",
+        cls, backbone: BackboneWithFPN, f_noise: FNoiseConfig | None = None
     ) -> "FNoiseBackboneWithFPN":
-        """Adds F-Noise to an existing ``BackboneWithFPN``, sharing its ``body`` and ``fpn`` modules.
+        """Adds F-Noise (``f_noise``; none by default) to an existing ``BackboneWithFPN``, sharing its
+        ``body`` and ``fpn`` modules.
 
         This is how the factories build their backbones: torchvision's own extractors make the
         ``BackboneWithFPN`` (same layers, freezing and initialisation as torchvision's models), and
@@ -75,13 +70,7 @@ class FNoiseBackboneWithFPN(BackboneWithFPN):
         wrapped.body = backbone.body
         wrapped.fpn = backbone.fpn
         wrapped.out_channels = backbone.out_channels
-        wrapped.f_noise = FNoise(
-            f_noise_std,
-            f_noise_mode,
-            f_noise_levels,
-            distribution=f_noise_distribution,
-            available_levels=list(backbone.body.return_layers.values()),
-        )
+        wrapped.f_noise = (f_noise or FNoiseConfig()).module(list(backbone.body.return_layers.values()))
         return wrapped
 
     def without_f_noise(self) -> BackboneWithFPN:

@@ -652,7 +652,7 @@ def _check_train_flags(
 ) -> None:
     """Rejects flags compare sets itself, and lets train's parser check every arm's flags before anything
     runs."""
-    from .train import build_parser as build_train_parser
+    from .arguments import build_parser as build_train_parser
 
     for flag in flags:
         name = flag.split("=", 1)[0]

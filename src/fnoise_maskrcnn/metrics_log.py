@@ -73,6 +73,11 @@ class RunLogger:
             if value is not None:
                 self.writer.add_scalar(prefix + name, value, step)
 
+    def run(self, facts: dict[str, Any]) -> None:
+        """Appends a ``"run"`` record: what the configuration resolved to in this session (data files,
+        device, world size, iterations per epoch, image counts, categories, model_config, torch)."""
+        self._write({"type": "run", **facts})
+
     def iteration(self, record: dict[str, Any]) -> None:
         """Appends an ``"iter"`` record to metrics.jsonl (TensorBoard is written by :meth:`scalars`)."""
         self._write({"type": "iter", **record})

@@ -36,7 +36,7 @@ from torchvision.ops import misc as misc_nn_ops
 
 from .backbone import FNoiseBackboneWithFPN
 from .checkpoint import load_state_dict_file
-from .fnoise import FNoise
+from .fnoise import FNoiseConfig
 
 __all__ = [
     "ARCHITECTURES",
@@ -205,11 +205,7 @@ def _build(
     num_classes: int | None,
     weights_backbone: WeightsArg,
     trainable_backbone_layers: int | None,
-    use_f_noise: bool,
-    f_noise_std: float | Mapping[str, float],
-    f_noise_mode: str,
-    f_noise_levels: Sequence[str] | None,
-    f_noise_distribution: str = "gaussian",
+    f_noise: FNoiseConfig,
     norm: str | None = None,
     frozen_batchnorm: bool | None = None,
     anchor_sizes: Sequence[int] | None = None,
@@ -229,12 +225,6 @@ def _build(
     else:
         raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {arch!r}")
     model_kwargs = dict(kwargs)
-    # Bad F-Noise arguments fail before any weights are read or built (levels are checked again by the
-    # backbone).
-    FNoise(
-        f_noise_std if use_f_noise else 0.0, f_noise_mode, f_noise_levels, distribution=f_noise_distribution
-    )
-
     state_dict, source_config, weights_enum = _load_weights(weights, detector_enum, "weights", progress)
     target_num_classes = num_classes
     if state_dict is not None:
@@ -265,12 +255,6 @@ def _build(
         anchor_sizes = [int(size) for size in anchor_sizes]
         head_kwargs["rpn_anchor_generator"] = _anchor_generator(arch, anchor_sizes)
 
-    f_noise = {
-        "f_noise_std": f_noise_std if use_f_noise else 0.0,
-        "f_noise_mode": f_noise_mode,
-        "f_noise_levels": f_noise_levels,
-        "f_noise_distribution": f_noise_distribution,
-    }
     backbone = _backbone(
         arch, norm_layer, fpn_norm, backbone_state, trainable_backbone_layers, progress, f_noise
     )
@@ -293,9 +277,7 @@ def _build(
         "trainable_backbone_layers": trainable_backbone_layers,
         "norm": norm,
         "anchor_sizes": anchor_sizes,
-        "f_noise": _f_noise_config(
-            use_f_noise, f_noise_std, f_noise_mode, f_noise_distribution, f_noise_levels
-        ),
+        "f_noise": f_noise.to_dict(),
         "model_kwargs": copy.deepcopy(model_kwargs),
     }
     return model
@@ -308,7 +290,7 @@ def _backbone(
     backbone_state: dict[str, torch.Tensor] | None,
     trainable_layers: int,
     progress: bool,
-    f_noise: Mapping[str, Any],
+    f_noise: FNoiseConfig,
 ) -> FNoiseBackboneWithFPN:
     """The body (with ``backbone_state`` loaded) and FPN from torchvision's own extractors, with F-Noise
     between."""
@@ -322,24 +304,20 @@ def _backbone(
         with_fpn = _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm)
     else:
         with_fpn = _mobilenet_extractor(body, True, trainable_layers, norm_layer=fpn_norm)
-    return FNoiseBackboneWithFPN.from_backbone_with_fpn(with_fpn, **f_noise)
+    return FNoiseBackboneWithFPN.from_backbone_with_fpn(with_fpn, f_noise)
 
 
-def _f_noise_config(
+def _f_noise(
     enabled: bool,
     std: float | Mapping[str, float],
     mode: str,
-    distribution: str,
     levels: Sequence[str] | None,
-) -> dict[str, Any]:
-    """The ``f_noise`` part of ``build_config``, as plain JSON-able values."""
-    return {
-        "enabled": bool(enabled),
-        "std": {str(k): float(v) for k, v in std.items()} if isinstance(std, Mapping) else float(std),
-        "mode": mode,
-        "distribution": distribution,
-        "levels": None if levels is None else [str(level) for level in levels],
-    }
+    distribution: str,
+) -> FNoiseConfig:
+    """The factories' flat ``f_noise_*`` arguments as the one configuration object (validated here, before
+    any weights are read)."""
+    levels = tuple(levels) if levels is not None and not isinstance(levels, str) else levels
+    return FNoiseConfig(enabled=bool(enabled), std=std, mode=mode, distribution=distribution, levels=levels)
 
 
 @_accept_path_objects
@@ -355,10 +333,10 @@ def maskrcnn_resnet50_fpn(
     weights_backbone: WeightsArg = ResNet50_Weights.IMAGENET1K_V1,
     trainable_backbone_layers: int | None = None,
     use_f_noise: bool = False,
-    f_noise_std: float | Mapping[str, float] = 0.1,
-    f_noise_mode: str = "elementwise",
+    f_noise_std: float | Mapping[str, float] = FNoiseConfig.std,
+    f_noise_mode: str = FNoiseConfig.mode,
     f_noise_levels: Sequence[str] | None = None,
-    f_noise_distribution: str = "gaussian",
+    f_noise_distribution: str = FNoiseConfig.distribution,
     norm: str | None = None,
     anchor_sizes: Sequence[int] | None = None,
     **kwargs: Any,
@@ -410,11 +388,7 @@ def maskrcnn_resnet50_fpn(
         num_classes=num_classes,
         weights_backbone=weights_backbone,
         trainable_backbone_layers=trainable_backbone_layers,
-        use_f_noise=use_f_noise,
-        f_noise_std=f_noise_std,
-        f_noise_mode=f_noise_mode,
-        f_noise_levels=f_noise_levels,
-        f_noise_distribution=f_noise_distribution,
+        f_noise=_f_noise(use_f_noise, f_noise_std, f_noise_mode, f_noise_levels, f_noise_distribution),
         norm=norm,
         anchor_sizes=anchor_sizes,
         **kwargs,
@@ -431,10 +405,10 @@ def maskrcnn_mobilenet_v3_large_fpn(
     weights_backbone: WeightsArg = MobileNet_V3_Large_Weights.IMAGENET1K_V1,
     trainable_backbone_layers: int | None = None,
     use_f_noise: bool = False,
-    f_noise_std: float | Mapping[str, float] = 0.1,
-    f_noise_mode: str = "elementwise",
+    f_noise_std: float | Mapping[str, float] = FNoiseConfig.std,
+    f_noise_mode: str = FNoiseConfig.mode,
     f_noise_levels: Sequence[str] | None = None,
-    f_noise_distribution: str = "gaussian",
+    f_noise_distribution: str = FNoiseConfig.distribution,
     norm: str | None = None,
     anchor_sizes: Sequence[int] | None = None,
     **kwargs: Any,
@@ -454,11 +428,7 @@ def maskrcnn_mobilenet_v3_large_fpn(
         num_classes=num_classes,
         weights_backbone=weights_backbone,
         trainable_backbone_layers=trainable_backbone_layers,
-        use_f_noise=use_f_noise,
-        f_noise_std=f_noise_std,
-        f_noise_mode=f_noise_mode,
-        f_noise_levels=f_noise_levels,
-        f_noise_distribution=f_noise_distribution,
+        f_noise=_f_noise(use_f_noise, f_noise_std, f_noise_mode, f_noise_levels, f_noise_distribution),
         norm=norm,
         anchor_sizes=anchor_sizes,
         **kwargs,
@@ -480,7 +450,6 @@ def build_model(
             missing keys take the factories' defaults (no F-Noise, ResNet-50).
         weights, weights_backbone: optional initial weights, as for the factories.
     """
-    f_noise = config.get("f_noise") or {}
     return _build(
         config.get("arch", "resnet50"),
         weights=weights,
@@ -488,11 +457,7 @@ def build_model(
         num_classes=config.get("num_classes"),
         weights_backbone=weights_backbone,
         trainable_backbone_layers=config.get("trainable_backbone_layers"),
-        use_f_noise=bool(f_noise.get("enabled", False)),
-        f_noise_std=f_noise.get("std", 0.1),
-        f_noise_mode=f_noise.get("mode", "elementwise"),
-        f_noise_levels=f_noise.get("levels"),
-        f_noise_distribution=f_noise.get("distribution", "gaussian"),
+        f_noise=FNoiseConfig.from_dict(config.get("f_noise")),
         norm=config.get("norm"),
         frozen_batchnorm=config.get("frozen_batchnorm"),
         anchor_sizes=config.get("anchor_sizes"),

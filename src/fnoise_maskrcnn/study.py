@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .config import TrainConfig
+
 __all__ = [
     "LOSS_KEYS",
     "F_NOISE_KEYS",
@@ -44,7 +46,18 @@ __all__ = [
 METRICS_FILE = "metrics.jsonl"
 #: The total loss first, then the five components of torchvision's Mask R-CNN.
 LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
-F_NOISE_KEYS = ("f_noise", "f_noise_std", "f_noise_mode", "f_noise_dist", "f_noise_preset", "f_noise_levels")
+F_NOISE_KEYS = (
+    "f_noise",
+    "f_noise_std",
+    "f_noise_mode",
+    "f_noise_dist",
+    "f_noise_preset",
+    "f_noise_levels",
+    "f_noise_schedule",
+    "f_noise_std_end",
+    "f_noise_step_epochs",
+    "f_noise_warmup_iters",
+)
 #: config.json keys that never make two runs different arms: the seed, bookkeeping that does not change
 #: what is learnt, and ``model_config`` (derived from the flags that are compared themselves).
 DEFAULT_IGNORED_KEYS = (
@@ -220,6 +233,10 @@ def load_run(path: Path) -> Run:
     config = _read_json(config_file)
     if not isinstance(config, dict):
         raise RunError(f"{config_file}: expected a JSON object")
+    try:  # one shape for every version's config.json: the configuration object's flags
+        config = TrainConfig.read(config).flags()
+    except (TypeError, ValueError) as exc:
+        raise RunError(f"{config_file}: not a training configuration ({exc})") from None
     iterations, epochs = [], []
     for number, record in _metrics_records(metrics_file):
         kind = record.get("type") if isinstance(record, dict) else None
@@ -234,8 +251,8 @@ def load_run(path: Path) -> Run:
             if not isinstance(record.get("epoch"), int):
                 raise RunError(f"{metrics_file}:{number}: an 'epoch' record needs an integer 'epoch'")
             epochs.append(record)
-        else:
-            raise RunError(f"{metrics_file}:{number}: expected a record with 'type' 'iter' or 'epoch'")
+        elif kind != "run":
+            raise RunError(f"{metrics_file}:{number}: expected a record with 'type' 'iter', 'epoch' or 'run'")
     iterations.sort(key=lambda r: r["iteration"])
     epochs.sort(key=lambda r: r["epoch"])
     return Run(path, config, iterations, epochs)
@@ -286,6 +303,10 @@ def _label(key: Mapping[str, Any]) -> str:
         form = key.get("f_noise_mode", "elementwise")
         if key.get("f_noise_dist", "gaussian") != "gaussian":
             form += f", {key['f_noise_dist']}"
+        if key.get("f_noise_schedule", "constant") != "constant":
+            form += f", {key['f_noise_schedule']} to {_format_value(key.get('f_noise_std_end'))}"
+        if key.get("f_noise_warmup_iters"):
+            form += f", warm-up {key['f_noise_warmup_iters']} it"
         label = f"F-Noise σ={sigma} ({form}, {where})"
     else:
         label = "baseline"

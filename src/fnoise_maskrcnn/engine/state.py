@@ -1,9 +1,8 @@
-"""The training engine: one epoch of training, validation losses and COCO AP.
+"""Training state and the small pieces the loop is made of: position and running sums, the lr schedule,
+the data random stream, resuming mid-epoch, stop signals, autocast, and errors.
 
-In the spirit of torchvision's ``references/detection/engine.py``: plain loops, no framework. What it
-adds: a per-iteration learning-rate schedule (warmup included) that makes resuming exact, AMP through
-``torch.amp``, non-finite loss detection, stopping cleanly on SIGINT/SIGTERM, the F-Noise
-noise-to-signal ratio, and results gathered across ``torchrun`` processes.
+In the spirit of torchvision's ``references/detection``: plain objects, no framework. The state is what a
+checkpoint holds, so resuming is exact.
 """
 
 import contextlib
@@ -12,20 +11,13 @@ import math
 import resource
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Sampler
-
-from . import distributed as dist_utils
-from .coco_eval import evaluate_coco, predictions_to_coco_results
-from .fnoise import FNoise
-from .metrics_log import RunLogger
 
 __all__ = [
     "LOSS_NAMES",
@@ -37,9 +29,10 @@ __all__ = [
     "DataRng",
     "autocast",
     "skip_batches",
-    "train_one_epoch",
-    "evaluate_losses",
-    "evaluate_ap",
+    "to_device",
+    "unwrap",
+    "peak_memory_mb",
+    "format_eta",
 ]
 
 #: The five losses of torchvision's Mask R-CNN in training mode, in logging order.
@@ -189,6 +182,18 @@ class TrainState:
     def mean_losses(self) -> dict[str, float]:
         return {k: v / max(self.loss_count, 1) for k, v in self.loss_sums.items()}
 
+    def add_losses(self, values: Mapping[str, float]) -> None:
+        """Adds one iteration's (process-averaged) losses to the epoch's sums."""
+        for name, value in values.items():
+            self.loss_sums[name] = self.loss_sums.get(name, 0.0) + value
+        self.loss_count += 1
+
+    def add_nsr(self, ratios: Mapping[str, float]) -> None:
+        """Adds one logged iteration's F-Noise noise-to-signal ratios to the epoch's sums."""
+        for name, value in ratios.items():
+            self.nsr_sums[name] = self.nsr_sums.get(name, 0.0) + value
+        self.nsr_count += 1
+
     def mean_nsr(self) -> dict[str, float] | None:
         if not self.nsr_count:
             return None
@@ -253,51 +258,21 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device.type, dtype=dtype, enabled=enabled)
 
 
-def _peak_memory_mb(device: torch.device) -> tuple[str, float]:
+def peak_memory_mb(device: torch.device) -> tuple[str, float]:
     """``("max mem", MiB allocated by tensors)`` on CUDA, ``("max rss", MiB resident)`` on the CPU."""
     if device.type == "cuda":
         return "max mem", torch.cuda.max_memory_allocated(device) / 2**20
     return "max rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _f_noise_of(model: nn.Module) -> FNoise | None:
-    f_noise = getattr(_unwrap(model).backbone, "f_noise", None)
-    return f_noise if isinstance(f_noise, FNoise) and f_noise.std > 0 else None
-
-
-def _sigma_in_force(f_noise: FNoise | None) -> float | dict[str, float] | None:
-    """F-Noise's sigma this iteration: a number, or ``{level: sigma}`` with per-level sigmas; None without
-    F-Noise."""
-    if f_noise is None:
-        return None
-    if f_noise.level_std:
-        return {level: f_noise.std_for(level) for level in f_noise.level_std}
-    return f_noise.std * f_noise.scale
-
-
-def _sigma_scalars(sigma: float | dict[str, float] | None) -> dict[str, float]:
-    if sigma is None:
-        return {}
-    if isinstance(sigma, dict):
-        return {f"f_noise_std/{level}": value for level, value in sigma.items()}
-    return {"f_noise_std": sigma}
-
-
-def _noise_to_signal(f_noise: FNoise) -> dict[str, float]:
-    """``||perturbation|| / ||input||`` per recorded level (over the whole batch)."""
-    ratios = {}
-    for name, x in f_noise.recorded_inputs.items():
-        perturbation = f_noise.recorded_perturbations[name]
-        norm = torch.linalg.vector_norm(x.float())
-        ratios[name] = float(torch.linalg.vector_norm(perturbation.float()) / norm.clamp_min(1e-12))
-    return ratios
-
-
-def _to_device(images: Sequence[Tensor], targets: Sequence[Mapping[str, Any]], device: torch.device):
+def to_device(
+    images: Sequence[Tensor], targets: Sequence[Mapping[str, Any]], device: torch.device
+) -> tuple[list[Tensor], list[dict[str, Any]]]:
+    """Images ``[3, H, W]`` and their target dicts on ``device``."""
     images = [image.to(device, non_blocking=True) for image in images]
     targets = [
         {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in t.items()}
@@ -306,240 +281,5 @@ def _to_device(images: Sequence[Tensor], targets: Sequence[Mapping[str, Any]], d
     return images, targets
 
 
-def _format_eta(seconds: float) -> str:
+def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
-
-
-def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
-    data_loader: DataLoader,
-    data_rng: DataRng,
-    state: TrainState,
-    device: torch.device,
-    *,
-    iters_in_epoch: int,
-    logger: RunLogger,
-    stop: StopSignal,
-    scaler: torch.amp.GradScaler | None = None,
-    amp: bool = False,
-    clip_grad: float = 0.0,
-    print_freq: int = 20,
-    on_iteration: Callable[[int, Sequence[Tensor]], None] | None = None,
-    f_noise_schedule: Callable[[int], float] | None = None,
-) -> None:
-    """Trains over ``data_loader`` (the rest of epoch ``state.epoch``), updating ``state`` in place.
-
-    Each iteration: forward in training mode (under ``autocast`` with ``amp``), the five losses
-    averaged over processes, a finite-loss check *before* the update, backward (through ``scaler`` if
-    given), optional gradient-norm clipping at ``clip_grad``, optimizer and scheduler steps.
-
-    Every ``print_freq`` iterations it prints a progress line (ETA, iteration and data time, peak
-    memory) and appends an ``"iter"`` record to metrics.jsonl; TensorBoard gets every iteration. On
-    those iterations it also records F-Noise's noise-to-signal ratio per level.
-
-    Args:
-        data_rng: the data-loading random stream (see :class:`DataRng`).
-        iters_in_epoch: the epoch's full number of batches (for the ETA and progress display).
-        on_iteration: called as ``on_iteration(global_iteration, images)`` after each update (pictures).
-        f_noise_schedule: multiplier of F-Noise's sigma as a function of the global iteration, set before
-            each forward pass; the sigma in force is logged as ``f_noise_std``.
-
-    Raises:
-        NonFiniteLossError: the loss of an iteration is not finite; that iteration made no update, so
-            the model and optimizer still hold the last good state.
-        TrainingInterrupted: a stop signal arrived on any process; the iteration was completed.
-    """
-    model.train()
-    f_noise = _f_noise_of(model)
-    world_size = dist_utils.get_world_size()
-    iterator = iter(data_loader)
-    start = end = time.perf_counter()
-    done_at_start = state.epoch_iteration
-    while True:
-        try:
-            images, targets = data_rng.next(iterator)
-        except StopIteration:
-            break
-        images, targets = _to_device(images, targets, device)
-        data_time = time.perf_counter() - end
-        logged = state.epoch_iteration % print_freq == 0 or state.epoch_iteration == iters_in_epoch - 1
-        if f_noise is not None and logged:
-            f_noise.record = True
-
-        if f_noise is not None and f_noise_schedule is not None:
-            f_noise.scale = f_noise_schedule(state.iteration)
-        with autocast(device, amp):
-            loss_dict = model(images, targets)
-        losses = sum(loss_dict.values())
-
-        local = dict(
-            zip(LOSS_NAMES, torch.stack([loss_dict[k].detach().float() for k in LOSS_NAMES]).tolist())
-        )
-        local["loss"] = float(losses.detach())
-        local["stop"] = float(stop.signum is not None)
-        reduced = dist_utils.all_reduce_sum(local, device)
-        stop_requested = reduced.pop("stop") > 0
-        values = {k: v / world_size for k, v in reduced.items()}
-        values = {"loss": values["loss"], **{k: values[k] for k in LOSS_NAMES}}
-        if not all(math.isfinite(v) for v in values.values()):
-            if f_noise is not None:
-                f_noise.record = False
-                f_noise.clear_records()
-            raise NonFiniteLossError(state.iteration, state.epoch, values)
-
-        nsr: dict[str, float] = {}
-        if f_noise is not None and f_noise.record:
-            nsr = _noise_to_signal(f_noise)
-            f_noise.record = False
-            f_noise.clear_records()
-
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(losses).backward()
-            if clip_grad > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            losses.backward()
-            if clip_grad > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-        lr_scheduler.step()
-
-        if nsr:
-            nsr = dist_utils.all_reduce_sum(nsr, device)
-            for name, value in nsr.items():
-                state.nsr_sums[name] = state.nsr_sums.get(name, 0.0) + value / world_size
-            state.nsr_count += 1
-        for name, value in values.items():
-            state.loss_sums[name] = state.loss_sums.get(name, 0.0) + value
-        state.loss_count += 1
-
-        iteration_time = time.perf_counter() - end
-        sigma = _sigma_in_force(f_noise)
-        logger.scalars({**values, "lr": lr, **_sigma_scalars(sigma)}, state.iteration, prefix="train/")
-        if logged:
-            record = {"epoch": state.epoch, "iteration": state.iteration, "lr": lr, **values}
-            if sigma is not None:
-                record["f_noise_std"] = sigma
-            record.update(time=iteration_time, data_time=data_time)
-            logger.iteration(record)
-            if dist_utils.is_main_process():
-                done = state.epoch_iteration + 1
-                elapsed = time.perf_counter() - start
-                eta = elapsed / (done - done_at_start) * (iters_in_epoch - done)
-                memory_name, memory = _peak_memory_mb(device)
-                losses_text = "  ".join(f"{k}: {v:.4f}" for k, v in values.items())
-                width = len(str(iters_in_epoch))
-                print(
-                    f"Epoch: [{state.epoch}]  [{done:>{width}}/{iters_in_epoch}]  eta: {_format_eta(eta)}  "
-                    f"lr: {lr:.6f}  {losses_text}  time: {iteration_time:.4f}  data: {data_time:.4f}  "
-                    f"{memory_name}: {memory:.0f} MB",
-                    flush=True,
-                )
-        state.iteration += 1
-        state.epoch_iteration += 1
-        if on_iteration is not None:
-            on_iteration(state.iteration - 1, images)
-        end = time.perf_counter()
-        if stop_requested:
-            raise TrainingInterrupted(stop.signum or signal.SIGTERM)
-
-    if dist_utils.is_main_process() and state.epoch_iteration > done_at_start:
-        total = time.perf_counter() - start
-        n = state.epoch_iteration - done_at_start
-        print(f"Epoch: [{state.epoch}] Total time: {_format_eta(total)} ({total / n:.4f} s / it)", flush=True)
-
-
-@contextlib.contextmanager
-def _validation_loss_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Training-mode forward (so the model returns losses) without side effects on training.
-
-    BatchNorm layers use their running statistics and do not update them, F-Noise is off, and the
-    RPN/ROI samplers draw from a fixed-seed stream that leaves the training stream untouched.
-    """
-    was_training = model.training
-    model.train()
-    for module in model.modules():
-        if isinstance(module, (_BatchNorm, FNoise)):
-            module.eval()
-    devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(0)
-            yield
-    finally:
-        model.train(was_training)
-
-
-@torch.no_grad()
-def evaluate_losses(
-    model: nn.Module, data_loader: DataLoader, device: torch.device, amp: bool = False
-) -> dict[str, float]:
-    """Mean validation losses (total and the five components), averaged over all processes' images.
-
-    Uses the unwrapped model (no DDP); see :func:`_validation_loss_mode` for what is switched off.
-    """
-    model = _unwrap(model)
-    sums: dict[str, float] = {k: 0.0 for k in ("loss", *LOSS_NAMES)}
-    batches = 0
-    with _validation_loss_mode(model, device):
-        for images, targets in data_loader:
-            images, targets = _to_device(images, targets, device)
-            with autocast(device, amp):
-                loss_dict = model(images, targets)
-            for name in LOSS_NAMES:
-                sums[name] += float(loss_dict[name])
-            sums["loss"] += float(sum(loss_dict.values()))
-            batches += 1
-    sums["batches"] = float(batches)
-    totals = dist_utils.all_reduce_sum(sums, device)
-    count = max(totals.pop("batches"), 1.0)
-    return {k: v / count for k, v in totals.items()}
-
-
-@torch.no_grad()
-def evaluate_ap(
-    model: nn.Module,
-    data_loader: DataLoader,
-    device: torch.device,
-    categories: Sequence[Mapping[str, Any]],
-    coco_gt: Any,
-    amp: bool = False,
-) -> dict[str, Any] | None:
-    """COCO bbox and segm AP of the model on ``data_loader``'s images, gathered across processes.
-
-    Returns :func:`fnoise_maskrcnn.coco_eval.evaluate_coco`'s dict, plus ``num_images`` (images
-    predicted), on rank 0 and None elsewhere.
-    Images a ``DistributedSampler`` repeated to even out the shards are counted once.
-    """
-    model = _unwrap(model)
-    was_training = model.training
-    model.eval()
-    per_image: dict[int, list[dict[str, Any]]] = {}
-    try:
-        for images, targets in data_loader:
-            images = [image.to(device, non_blocking=True) for image in images]
-            with autocast(device, amp):
-                outputs = model(images)
-            outputs = [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
-            for output, target in zip(outputs, targets):
-                image_id = int(target["image_id"])
-                per_image[image_id] = predictions_to_coco_results([output], [image_id], categories)
-    finally:
-        model.train(was_training)
-    gathered = dist_utils.all_gather_objects(per_image)
-    if not dist_utils.is_main_process():
-        return None
-    merged: dict[int, list[dict[str, Any]]] = {}
-    for part in gathered:
-        merged.update(part)
-    results = [entry for image_id in sorted(merged) for entry in merged[image_id]]
-    metrics = evaluate_coco(coco_gt, results, cat_ids=[int(c["id"]) for c in categories])
-    metrics["num_images"] = len(merged)
-    return metrics
