@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from .atomic import atomic_path
-from .fnoise import F_NOISE_MODES, FNoise
+from .fnoise import F_NOISE_MODES, FNoise, noise_to_signal
 from .image_io import ImageError, read_image_tensor
 from .inference import resolve_device
 
@@ -84,8 +85,10 @@ class FNoisePicture:
         image: the resized input, ``float32 [3, H, W]`` in ``[0, 1]`` (normalisation undone, no padding).
         train: perturbed levels in training mode, in body order.
         eval: the same levels in eval mode.
-        std, mode: the F-Noise settings used.
+        std, mode: the F-Noise settings used; ``std`` is the sigma in force (a schedule's scale
+            included; the largest one with per-level sigmas).
         seed: the seed of the noise.
+        distribution: the law of the noise (``"gaussian"`` or ``"uniform"``).
         note: a remark for the title (e.g. that the model itself has F-Noise disabled), or ``""``.
     """
 
@@ -96,6 +99,7 @@ class FNoisePicture:
     mode: str
     seed: int
     note: str = ""
+    distribution: str = "gaussian"
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -112,19 +116,14 @@ def _f_noise_of(model: nn.Module) -> FNoise:
 
 
 @contextmanager
-def _preserved(model: nn.Module, f_noise: FNoise) -> Iterator[None]:
-    """Restores the modules' train/eval flags and the F-Noise settings and records on exit."""
+def _modes_preserved(model: nn.Module) -> Iterator[None]:
+    """Restores every module's train/eval flag on exit (F-Noise's own settings: ``FNoise.overridden``)."""
     modes = {module: module.training for module in model.modules()}
-    saved = {name: getattr(f_noise, name) for name in ("std", "mode", "levels", "generator", "record")}
-    records = (f_noise.recorded_inputs, f_noise.recorded_perturbations)
     try:
         yield
     finally:
         for module, training in modes.items():
             module.training = training
-        for name, value in saved.items():
-            setattr(f_noise, name, value)
-        f_noise.recorded_inputs, f_noise.recorded_perturbations = records
 
 
 def _level_picture(
@@ -141,8 +140,7 @@ def _level_picture(
     perturbed_map = perturbed.float().abs().mean(dim=1)[0, :height, :width].cpu()
     tiny = torch.finfo(torch.float32).tiny
     relative = torch.where(clean_map > 0, noise_map / clean_map.clamp_min(tiny), 0.0)
-    signal = torch.linalg.vector_norm(clean).item()
-    ratio = torch.linalg.vector_norm(noise).item() / signal if signal > 0 else 0.0
+    ratio = noise_to_signal(clean, noise)
     shape = tuple(clean.shape)
     return LevelPicture(name, source, shape, clean_map, noise_map, perturbed_map, relative, ratio)
 
@@ -177,18 +175,17 @@ def fnoise_perturbation(
     model = _unwrap(model)
     f_noise = _f_noise_of(model)
     device = next(model.parameters()).device
-    with _preserved(model, f_noise):
+    overrides: dict[str, Any] = {"record": False, "generator": f_noise.generator, "scale": f_noise.scale}
+    if std is not None:
+        overrides.update(std=float(std), level_std={})
+    if mode is not None:
+        if mode not in F_NOISE_MODES:
+            raise ValueError(f"f_noise mode must be one of {', '.join(F_NOISE_MODES)}; got {mode!r}")
+        overrides["mode"] = mode
+    if levels is not None:
+        overrides["levels"] = [str(level) for level in levels]
+    with _modes_preserved(model), f_noise.overridden(**overrides):
         model.eval()
-        if std is not None:
-            f_noise.std = float(std)
-        if mode is not None:
-            if mode not in F_NOISE_MODES:
-                raise ValueError(f"f_noise mode must be one of {', '.join(F_NOISE_MODES)}; got {mode!r}")
-            f_noise.mode = mode
-        if levels is not None:
-            f_noise.levels = [str(level) for level in levels]
-        f_noise.record = False
-
         images, _ = model.transform([image.to(device=device, dtype=torch.float32)])
         features = model.backbone.body(images.tensors)
         height, width = images.image_sizes[0]
@@ -213,7 +210,10 @@ def fnoise_perturbation(
         mean = torch.as_tensor(model.transform.image_mean, device=device).view(3, 1, 1)
         scale = torch.as_tensor(model.transform.image_std, device=device).view(3, 1, 1)
         shown = (images.tensors[0, :, :height, :width] * scale + mean).clamp(0, 1).float().cpu()
-        return FNoisePicture(shown, pictures[True], pictures[False], f_noise.std, f_noise.mode, seed, note)
+        sigma = max(f_noise.std_for(level.name) for level in pictures[True]) if pictures[True] else 0.0
+        return FNoisePicture(
+            shown, pictures[True], pictures[False], sigma, f_noise.mode, seed, note, f_noise.distribution
+        )
 
 
 def _row_label(phase: str, level: LevelPicture) -> str:
@@ -237,7 +237,10 @@ def plot_fnoise(picture: FNoisePicture) -> Figure:
         "relative  noise / clean",
     )
     figure = Figure(figsize=(2.9 * len(columns), 2.5 * max(len(rows), 1) + 0.9), dpi=60, layout="constrained")
-    header = f"F-Noise σ={picture.std:g}, mode={picture.mode}, noise seed {picture.seed}"
+    header = (
+        f"F-Noise σ={picture.std:g} (in force), mode={picture.mode}, {picture.distribution}, "
+        f"noise seed {picture.seed}"
+    )
     if picture.note:
         header += f"\n{picture.note}"
     figure.suptitle(header, fontsize=13)
@@ -311,7 +314,8 @@ def log_fnoise_pictures(
         images: ``float [3, H, W]`` images in ``[0, 1]``.
         output_dir: the run directory; PNGs go to ``output_dir / "fnoise" / "step{step:07d}_image{i}.png"``.
         writer: an optional ``torch.utils.tensorboard.SummaryWriter``; each picture is added with
-            ``add_image`` under ``fnoise/image{i}``, plus ``fnoise/nsr/level{name}`` scalars.
+            ``add_image`` under ``fnoise/image{i}``, plus ``f_noise_nsr/level_{name}`` scalars (the name the
+            training log uses).
         step: the global iteration, used in file names and as the TensorBoard step.
 
     Returns:
@@ -327,7 +331,7 @@ def log_fnoise_pictures(
             writer.add_image(f"fnoise/image{index}", _render(figure), step, dataformats="HWC")
             if index == 0:
                 for level in picture.train:
-                    writer.add_scalar(f"fnoise/nsr/level{level.name}", level.noise_to_signal, step)
+                    writer.add_scalar(f"f_noise_nsr/level_{level.name}", level.noise_to_signal, step)
     return paths
 
 
