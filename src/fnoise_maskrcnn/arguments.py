@@ -328,6 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Argparse errors for values that are of the right type but make no sense."""
+    _check_ranges(parser, args)
+    _check_f_noise_flags(parser, args)
+    _check_combinations(parser, args)
+    if args.device is not None:
+        _check_device(parser, args.device)
+
+
+def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     positive = [
         "epochs",
         "batch_size",
@@ -357,6 +365,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.lr is not None and not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
+
+
+def _check_f_noise_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.f_noise_levels and isinstance(args.f_noise_std, dict):
         parser.error(
             "--f-noise-levels: the per-level --f-noise-std already names the levels; give one of them"
@@ -371,6 +382,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--f-noise-schedule {args.f_noise_schedule} needs --f-noise-std-end")
     if args.f_noise_warmup_iters < 0:
         parser.error(f"--f-noise-warmup-iters must be >= 0, got {args.f_noise_warmup_iters}")
+
+
+def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.min_size and args.max_size and args.min_size > args.max_size:
         parser.error(f"--min-size ({args.min_size}) must not exceed --max-size ({args.max_size})")
     if args.trainable_backbone_layers is not None:
@@ -389,15 +403,17 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--resume needs --output-dir (the run to continue)")
     if args.test_only and not (args.weights or args.resume):
         parser.error("--test-only needs --weights or --resume")
-    if args.device is not None:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            parser.error(f"--device: unknown device {args.device!r}")
-        if device.type not in ("cpu", "cuda"):
-            parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            parser.error(f"--device {args.device}: CUDA is not available on this machine")
+
+
+def _check_device(parser: argparse.ArgumentParser, name: str) -> None:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"--device: unknown device {name!r}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda[:N], got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {name}: CUDA is not available on this machine")
 
 
 class _QuietParser(argparse.ArgumentParser):
@@ -472,11 +488,29 @@ def parse(argv: Sequence[str] | None = None, world_size: int = 1) -> Parsed:
             flag = "--" + name.replace("_", "-")
             parser.error(f"--resume: {flag} {getattr(args, name)} differs from the run's {saved[name]}")
     _check_args(parser, args)
+    _check_levels(parser, args)
     try:
         config = TrainConfig.from_flags(vars(args), world_size)
     except ValueError as exc:
         parser.error(str(exc))
     return Parsed(config, resumed)
+
+
+#: The body outputs F-Noise can perturb, per architecture.
+_LEVELS = {"resnet50": ("0", "1", "2", "3"), "mobilenet_v3": ("0", "1")}
+
+
+def _check_levels(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--f-noise-levels`` and per-level ``--f-noise-std`` name levels of the chosen architecture."""
+    std = args.f_noise_std
+    named = [("--f-noise-levels", level) for level in args.f_noise_levels or ()]
+    named += [("--f-noise-std", level) for level in std] if isinstance(std, dict) else []
+    allowed = _LEVELS.get(args.model, ())
+    for flag, level in named:
+        if level not in allowed:
+            parser.error(
+                f"{flag}: no level {level} in --model {args.model}; its levels are {' '.join(allowed)}"
+            )
 
 
 def _comparable(value: Any) -> Any:

@@ -31,7 +31,7 @@ import torch
 
 from . import distributed as dist_utils
 from .arguments import build_parser, parse
-from .atomic import write_text_atomic
+from .atomic import AtomicWriteError, write_text_atomic
 from .checkpoint import CheckpointError
 from .coco_eval import format_metrics_table
 from .config import TrainConfig
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None, extra_hooks: Sequence[Hook] = ()) ->
         torch.set_num_threads(config.run.threads)
     try:
         return _run(config, parsed.resumed, extra_hooks)
-    except (UserError, DatasetError, CheckpointError) as exc:
+    except (UserError, DatasetError, CheckpointError, AtomicWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

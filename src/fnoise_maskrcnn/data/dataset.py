@@ -34,7 +34,7 @@ from torchvision.datasets import CocoDetection, VisionDataset, wrap_dataset_for_
 from torchvision.transforms.v2 import functional as F
 
 from ..image_io import ImageError, read_image
-from .annotations import DatasetError, check_annotations, load_annotation_file
+from .annotations import DatasetError, check_annotations, instance_counts, load_annotation_file
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,8 @@ class CocoInstances(torch.utils.data.Dataset):
             }
         )
         self.image_ids = image_ids
+        #: Usable training instances per original category id, over the selected images.
+        self.instance_counts = instance_counts(check, image_ids)
         self._sizes = {img["id"]: (img["height"], img["width"]) for img in images}
         self._source = wrap_dataset_for_transforms_v2(
             _CocoSource(

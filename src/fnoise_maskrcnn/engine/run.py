@@ -10,6 +10,7 @@ and the data augmentation have their own streams derived from the seed.
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from .. import distributed as dist_utils
 from ..checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, save_checkpoint
 from ..config import TrainConfig
 from ..data import CocoInstances, build_dataloader, build_transforms
+from ..data.annotations import training_warnings
 from ..fnoise import FNoiseSchedule
 from ..metrics_log import RunLogger
 from ..models import build_model
@@ -100,6 +102,10 @@ def _datasets(config: TrainConfig, spec: DataSpec) -> tuple[CocoInstances, CocoI
         categories=categories,
         max_images=data.max_images,
     )
+    for line in training_warnings(
+        spec.train_ann, train_set.categories, train_set.instance_counts, categories
+    ):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     if spec.val_ann is None:
         return train_set, None
     val_set = CocoInstances(
