@@ -14,7 +14,7 @@ from torchvision.models.detection import transform as detection_transform
 
 from fnoise_maskrcnn.data import CocoInstances
 from fnoise_maskrcnn.image_io import ImageError, ImageTooLargeError, read_image, read_image_tensor, to_rgb
-from fnoise_maskrcnn.inference import predict_batch
+from fnoise_maskrcnn.inference import filter_by_score, predict_batch
 from fnoise_maskrcnn.model_io import model_from_checkpoint
 from fnoise_maskrcnn.predict import main as predict_main
 
@@ -180,3 +180,5 @@ def test_score_threshold_is_applied_before_masks_are_pasted(
     assert torch.equal(kept["boxes"], everything["boxes"][scores >= thresh])
     assert torch.equal(kept["masks"], everything["masks"][scores >= thresh])
     assert model.roi_heads.score_thresh == pytest.approx(0.05)  # the model's own threshold is restored
+    assert filter_by_score(kept, thresh)["masks"] is kept["masks"]  # nothing dropped: the masks not copied
+    assert torch.equal(filter_by_score(kept, float(kept["scores"][0]))["masks"], kept["masks"][:1])

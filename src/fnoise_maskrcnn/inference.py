@@ -99,6 +99,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def filter_by_score(output: Mapping[str, torch.Tensor], score_thresh: float) -> Output:
     """Keeps the detections with ``score >= score_thresh`` (every entry indexed along dim 0)."""
     keep = output["scores"] >= score_thresh
+    if bool(keep.all()):  # the usual case (the model already applied the threshold): no copy of the masks
+        return dict(output)
     return {key: value[keep] for key, value in output.items()}
 
 
@@ -276,17 +278,21 @@ def _draw_masks(
     rows = max(1, _BAND_PIXELS // max(width, 1))
     for top in range(0, height, rows):
         band = slice(top, top + rows)
-        band_masks = masks[:, band]
-        if band_masks.dtype != torch.bool:
-            band_masks = band_masks >= MASK_THRESHOLD
-        touched = band_masks.any(dim=0)
-        if not touched.any():
-            continue
         original = canvas[:, band]
         painted = original.clone()
-        for k in range(band_masks.shape[0]):
-            painted[:, band_masks[k]] = palette[k]
-        painted[:, band_masks.sum(dim=0) > 1] = 0  # overlaps are drawn dark, as torchvision draws them
+        touched = torch.zeros(original.shape[1:], dtype=torch.bool, device=canvas.device)
+        overlap = torch.zeros_like(touched)
+        for k in range(masks.shape[0]):  # one band of one mask at a time: no [N, rows, W] temporary
+            mask = masks[k, band]
+            mask = mask if mask.dtype == torch.bool else mask >= MASK_THRESHOLD
+            if not bool(mask.any()):
+                continue
+            painted[:, mask] = palette[k]
+            overlap |= touched & mask
+            touched |= mask
+        if not bool(touched.any()):
+            continue
+        painted[:, overlap] = 0  # overlaps are drawn dark, as torchvision draws them
         blended = (original * (1 - alpha) + painted * alpha).to(torch.uint8)
         out[:, band] = torch.where(touched, blended, original)
     return out
