@@ -232,3 +232,28 @@ def test_command_line_errors_are_one_line(tmp_path):
         and "none.pth" in result.stderr
         and result.stderr.count("\n") == 1
     )
+
+
+def test_out_of_memory_is_a_503_with_one_line(inference_checkpoint, val_files):
+    """Running out of memory in a forward pass is a 503 naming the upload, not a bare 500; the next
+    request is served."""
+    service = ModelService(inference_checkpoint, device="cpu")
+    real = service.predict
+    failures = iter([RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")])
+
+    def predict_or_fail(*args, **kwargs):
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real(*args, **kwargs)
+
+    service.predict = predict_or_fail
+    path = val_files[0]
+    with running_server(create_app(service, score_thresh=SCORE_THRESH)) as url:
+        with httpx.Client(timeout=60) as client:
+            failed = post_image(client, url, path.read_bytes(), path.name)
+            served = post_image(client, url, path.read_bytes(), path.name)
+    assert failed.status_code == 503
+    detail = failed.json()["detail"]
+    assert detail.startswith(f"{path.name}: out of memory while predicting") and "\n" not in detail
+    assert served.status_code == 200 and served.json()["instances"]

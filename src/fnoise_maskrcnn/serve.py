@@ -18,9 +18,18 @@ Bad requests get a 4xx with a one-line ``detail``: 400 (no ``image`` field, bad 
 (no Content-Length), 413 (upload over ``max_upload_bytes``), 415 (not an image), 422 (image over
 ``max_pixels``; checked from the header before any pixel is decoded).
 
+Running out of memory anyway gives a 503 with a one-line ``detail``, never a bare 500.
+
 Concurrency: one model replica. Requests are received, decoded and encoded concurrently (in
 Starlette's thread pool); the forward passes run one at a time under a lock, each using all of
 PyTorch's intra-op threads. Run several processes (``uvicorn --workers`` style) for more replicas.
+
+Memory: images are decoded as ``uint8`` (3 bytes per pixel) and a forward pass keeps only the masks of
+the detections it returns, each pasted as one byte per pixel (:func:`.inference.predict_batch`). A
+request's worst case, ``score_thresh=0`` with the model's ``detections_per_img`` (100) all returned,
+is about ``(100 + 16) * width * height`` bytes on top of the model: about 2 GB at the default
+``max_pixels`` of 4096 x 4096 (``benchmarks/bench_predict_memory.py`` measures it), and at most two
+requests hold their masks at once (one encoding its answer while the next one runs).
 """
 
 import argparse
@@ -66,6 +75,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+#: 4096 x 4096: a request's worst case is about 2 GB on top of the model (see the module's "Memory").
 DEFAULT_MAX_PIXELS = 4096 * 4096
 #: Room for the multipart boundaries and headers around the image in the request body.
 _MULTIPART_OVERHEAD = 16 * 1024
@@ -268,7 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-pixels",
         type=int,
         default=DEFAULT_MAX_PIXELS,
-        help=f"largest accepted width*height (default {DEFAULT_MAX_PIXELS})",
+        help=(
+            f"largest accepted width*height (default {DEFAULT_MAX_PIXELS} = 4096x4096); a request may need "
+            "about 116 bytes per pixel when every detection is returned"
+        ),
     )
     parser.add_argument(
         "--score-thresh", type=float, default=0.5, help="default minimum score returned (default 0.5)"
