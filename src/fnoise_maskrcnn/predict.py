@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +118,26 @@ def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _decoded_batches(
+    images: Sequence[Path], batch_size: int, max_pixels: int | None
+) -> Iterator[list[tuple[int, torch.Tensor | str]]]:
+    """``(position, image or reason)`` for each batch of ``images``, decoded by :func:`_read` in a
+    background thread one batch ahead of the caller."""
+    batches = _batches(list(range(len(images))), batch_size)
+
+    def decode(indices: Sequence[int]) -> list[tuple[int, torch.Tensor | str]]:
+        return [(i, _read(images[i], max_pixels)) for i in indices]
+
+    with ThreadPoolExecutor(max_workers=1) as decoder:
+        pending = decoder.submit(decode, batches[0])
+        for b in range(len(batches)):
+            decoded = pending.result()
+            if b + 1 < len(batches):
+                pending = decoder.submit(decode, batches[b + 1])
+            yield decoded
+            del decoded
+
+
 def _read(path: Path, max_pixels: int | None) -> torch.Tensor | str:
     """The image as ``uint8 [3, H, W]`` (a quarter of float32's memory while it waits for the model), or the
     one-line reason it cannot be read."""
@@ -173,41 +193,33 @@ def run(
         report.skipped.append((path, reason))
         print(f"warning: {reason}; skipped", file=sys.stderr)
 
-    def decode(indices: Sequence[int]) -> list[tuple[int, torch.Tensor | str]]:
-        return [(i, _read(images[i], max_pixels)) for i in indices]
-
-    batches = _batches(list(range(len(images))), batch_size)
-    with ThreadPoolExecutor(max_workers=1) as decoder:
-        pending = decoder.submit(decode, batches[0])
-        for b in range(len(batches)):
-            decoded = pending.result()
-            if b + 1 < len(batches):
-                pending = decoder.submit(decode, batches[b + 1])
-            for i, pixels in decoded:
-                if isinstance(pixels, str):
-                    skip(images[i], pixels)
-            readable = [(i, pixels) for i, pixels in decoded if not isinstance(pixels, str)]
-            if not readable:
-                continue
-            indices, pixels = [i for i, _ in readable], [p for _, p in readable]
-            del decoded, readable
-            try:
-                outputs = predict_batch(model, pixels, score_thresh, torch_device)
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                reason = _out_of_memory([images[i] for i in indices], pixels)
-                for i in indices:
-                    skip(images[i], reason)
-                continue
-            for i, image, output in zip(indices, pixels, outputs):
-                write_bytes_atomic(png_bytes(draw_overlay(image, output, categories)), out_dir / names[i])
-                entries = predictions_to_coco_results([output], [image_ids[i]], categories)
-                for entry in entries:
-                    entry["file_name"] = images[i].name
-                report.results.extend(entries)
-                print(f"{images[i]}: {len(output['scores'])} instances -> {out_dir / names[i]}")
-            del pixels, outputs
+    for decoded in _decoded_batches(images, batch_size, max_pixels):
+        for i, pixels in decoded:
+            if isinstance(pixels, str):
+                skip(images[i], pixels)
+        readable = [(i, pixels) for i, pixels in decoded if not isinstance(pixels, str)]
+        del decoded
+        if not readable:
+            continue
+        indices, pixels = [i for i, _ in readable], [p for _, p in readable]
+        del readable
+        try:
+            outputs = predict_batch(model, pixels, score_thresh, torch_device)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            reason = _out_of_memory([images[i] for i in indices], pixels)
+            for i in indices:
+                skip(images[i], reason)
+            continue
+        for i, image, output in zip(indices, pixels, outputs):
+            write_bytes_atomic(png_bytes(draw_overlay(image, output, categories)), out_dir / names[i])
+            entries = predictions_to_coco_results([output], [image_ids[i]], categories)
+            for entry in entries:
+                entry["file_name"] = images[i].name
+            report.results.extend(entries)
+            print(f"{images[i]}: {len(output['scores'])} instances -> {out_dir / names[i]}")
+        del pixels, outputs
     write_bytes_atomic(json.dumps(report.results).encode(), out_dir / results_name)
     done = len(images) - len(report.skipped)
     print(f"{len(report.results)} results from {done} images -> {out_dir / results_name}")

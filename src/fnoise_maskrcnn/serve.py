@@ -141,6 +141,46 @@ def _parse_score_thresh(value: str | None, default: float) -> float:
     return thresh
 
 
+async def _read_upload(
+    request: "Request", max_upload_bytes: int, max_pixels: int
+) -> tuple[torch.Tensor, str]:
+    """The uploaded ``image`` field, decoded as ``uint8 [3, H, W]`` (upright, 8-bit), and its file name.
+
+    Raises:
+        HTTPException: 411/400/413 for the body, 415 not an image, 422 over ``max_pixels`` (checked from the
+            header before any pixel is decoded), 503 out of memory; one-line ``detail``.
+    """
+    length = request.headers.get("content-length")
+    if length is None:
+        raise _bad_request(411, "the request needs a Content-Length header")
+    if not length.isdigit():
+        raise _bad_request(400, f"invalid Content-Length {length!r}")
+    if int(length) > max_upload_bytes + _MULTIPART_OVERHEAD:
+        raise _bad_request(413, f"upload of {length} bytes is over the limit of {max_upload_bytes} bytes")
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except Exception as exc:  # Starlette raises several types for malformed bodies
+        raise _bad_request(400, f"expected a multipart/form-data body with an 'image' file: {exc}") from None
+    upload = form.get("image")
+    if not isinstance(upload, UploadFile):
+        raise _bad_request(400, "expected a multipart/form-data body with an 'image' file field")
+    data = await upload.read(max_upload_bytes + 1)
+    if len(data) > max_upload_bytes:
+        raise _bad_request(413, f"image file is over the limit of {max_upload_bytes} bytes")
+    source = upload.filename or "image"
+    try:
+        image = await run_in_threadpool(
+            read_image_tensor, data, name=source, max_pixels=max_pixels, dtype=torch.uint8
+        )
+    except ImageTooLargeError as exc:
+        raise _bad_request(422, str(exc)) from None
+    except ImageError as exc:
+        raise _bad_request(415, str(exc)) from None
+    except MemoryError:
+        raise _bad_request(503, f"{source}: out of memory while decoding the image; retry later") from None
+    return image, source
+
+
 def create_app(
     checkpoint: str | Path | Mapping[str, Any] | ModelService,
     *,
@@ -178,39 +218,7 @@ def create_app(
         if fmt not in ("json", "png"):
             raise _bad_request(400, f"format must be 'json' or 'png', got {fmt!r}")
         thresh = _parse_score_thresh(request.query_params.get("score_thresh"), score_thresh)
-        length = request.headers.get("content-length")
-        if length is None:
-            raise _bad_request(411, "the request needs a Content-Length header")
-        if not length.isdigit():
-            raise _bad_request(400, f"invalid Content-Length {length!r}")
-        if int(length) > max_upload_bytes + _MULTIPART_OVERHEAD:
-            raise _bad_request(413, f"upload of {length} bytes is over the limit of {max_upload_bytes} bytes")
-        try:
-            form = await request.form(max_files=1, max_fields=8)
-        except Exception as exc:  # Starlette raises several types for malformed bodies
-            raise _bad_request(
-                400, f"expected a multipart/form-data body with an 'image' file: {exc}"
-            ) from None
-        upload = form.get("image")
-        if not isinstance(upload, UploadFile):
-            raise _bad_request(400, "expected a multipart/form-data body with an 'image' file field")
-        data = await upload.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise _bad_request(413, f"image file is over the limit of {max_upload_bytes} bytes")
-        source = upload.filename or "image"
-        try:  # the size is checked from the header, before any pixel is decoded
-            image = await run_in_threadpool(
-                read_image_tensor, data, name=source, max_pixels=max_pixels, dtype=torch.uint8
-            )
-        except ImageTooLargeError as exc:
-            raise _bad_request(422, str(exc)) from None
-        except ImageError as exc:
-            raise _bad_request(415, str(exc)) from None
-        except MemoryError:
-            raise _bad_request(
-                503, f"{source}: out of memory while decoding the image; retry later"
-            ) from None
-        del data
+        image, source = await _read_upload(request, max_upload_bytes, max_pixels)
         try:
             output = await run_in_threadpool(service.predict, image, thresh)
         except Exception as exc:
