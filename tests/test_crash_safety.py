@@ -41,6 +41,10 @@ COMMON = [
     "0",
     "--no-amp",
     "--f-noise",
+    "--f-noise-schedule",
+    "linear",
+    "--f-noise-std-end",
+    "0.02",
     "--deterministic",
     "--seed",
     "5",
@@ -82,6 +86,14 @@ def _records(out: Path, kind: str) -> list[dict]:
     return [r for r in records if r.get("type") == kind]
 
 
+def _saved_iteration(out: Path) -> int:
+    """The iteration of ``out/last.pth`` (0 while there is none)."""
+    try:
+        return load_checkpoint(out / "last.pth")["iteration"]
+    except Exception:  # not written yet
+        return 0
+
+
 def _wait_for(condition, timeout: float = 600.0) -> None:
     deadline = time.time() + timeout
     while not condition():
@@ -102,6 +114,9 @@ def _assert_same_result(straight: Path, resumed: Path) -> None:
     assert a["iteration"] == b["iteration"] == 4
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+    # sigma is a function of the iteration: the same schedule after a resume
+    sigmas = [[r["f_noise_std"] for r in _records(run, "iter")] for run in (straight, resumed)]
+    assert sigmas[0] == sigmas[1] and sigmas[0][0] == 0.1 and sigmas[0][-1] == pytest.approx(0.02)
     epochs_a, epochs_b = _records(straight, "epoch"), _records(resumed, "epoch")
     assert [r["epoch"] for r in epochs_b] == [0, 1]
     assert [r["segm"] for r in epochs_a] == [r["segm"] for r in epochs_b]
@@ -129,7 +144,7 @@ def _kill_and_resume(synthetic_coco, straight: Path, out: Path, when, delay: flo
 def test_kill_9_during_evaluation_loses_nothing(synthetic_coco, straight, tmp_path):
     """Killed while the first epoch is evaluated: the epoch was saved before; resuming evaluates it."""
     lost = _kill_and_resume(
-        synthetic_coco, straight, tmp_path / "run", lambda out: len(_records(out, "iter")) >= 2, delay=0.5
+        synthetic_coco, straight, tmp_path / "run", lambda out: _saved_iteration(out) >= 2
     )
     assert lost == 0
 

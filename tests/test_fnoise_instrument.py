@@ -11,7 +11,7 @@ import torch
 
 from fnoise_maskrcnn import train
 from fnoise_maskrcnn.arguments import parse
-from fnoise_maskrcnn.fnoise import F_NOISE_PRESETS, FNoise, FNoiseSchedule
+from fnoise_maskrcnn.fnoise import F_NOISE_PRESETS, FNoise, FNoiseConfig, FNoiseSchedule
 
 
 def _features(seed: int = 0) -> OrderedDict[str, torch.Tensor]:
@@ -158,3 +158,51 @@ def test_seed001_preset_adds_hw_noise_around_the_mean_to_c5_only():
     assert plane.std().item() == pytest.approx(0.1, rel=0.15)
     f_noise = parse(["--f-noise-preset", "seed001-additive"]).config.model.f_noise
     assert (f_noise.enabled, f_noise.mode, f_noise.levels, f_noise.std) == (True, "additive-hw", ("3",), 0.1)
+
+
+@pytest.mark.parametrize("name", sorted(F_NOISE_PRESETS))
+def test_every_preset_is_the_identity_in_eval_adds_no_state_and_scripts(name):
+    module = F_NOISE_PRESETS[name].module(["0", "1", "2", "3"])
+    features = _features()
+    assert module.eval()(features) is features
+    assert not list(module.parameters()) and not list(module.buffers()) and module.state_dict() == {}
+    scripted = torch.jit.script(module)
+    assert scripted.eval()(features) is not None
+    assert torch.equal(scripted(features)["3"], features["3"])
+    module.train()
+    torch.manual_seed(0)
+    perturbed = module(features)
+    assert not torch.equal(perturbed["3"], features["3"])  # every preset perturbs C5 in training
+
+
+def test_f_noise_config_round_trips_validates_and_describes():
+    config = FNoiseConfig(enabled=True, std={"0": 0.05, "3": 0.2}, schedule="linear", std_end=0.0)
+    assert FNoiseConfig.from_dict(config.to_dict()) == config
+    assert config.base_std == 0.2 and config.active
+    assert config.describe() == "elementwise gaussian sigma=0:0.05,3:0.2 schedule=linear->0"
+    assert config.sigma_schedule(iters_per_epoch=5, epochs=2)(9) == 0.0
+    assert not FNoiseConfig(enabled=True, std=0.0).active and FNoiseConfig().describe() == "off"
+    for kwargs, words in [
+        ({"mode": "pixel"}, "f_noise mode must be one of"),
+        ({"std": -1.0}, "finite number >= 0"),
+        ({"schedule": "cosine"}, "needs std_end"),
+        ({"schedule": "step", "std_end": 0.0}, "needs step_epochs"),
+        ({"std": {"3": 0.1}, "levels": ("3",)}, "either a per-level std mapping or levels"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            FNoiseConfig(enabled=True, **kwargs)
+    with pytest.raises(ValueError, match="unknown f_noise setting"):
+        FNoiseConfig.from_dict({"sigma": 0.1})
+
+
+def test_recording_and_overridden_restore_the_module():
+    module = FNoise(0.1).train()
+    features = _features()
+    with module.recording():
+        module(features)
+        ratios = module.noise_to_signal()
+        assert set(ratios) == {"0", "1", "2", "3"} and all(0.08 < r < 0.12 for r in ratios.values())
+    assert not module.record and module.recorded_inputs == {}
+    with module.overridden(std=0.5, mode="channel", training=False):
+        assert (module.std, module.mode) == (0.5, "channel")
+    assert (module.std, module.mode, module.training) == (0.1, "elementwise", True)
