@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import distributed as dist_utils
-from ..checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, save_checkpoint
+from ..checkpoint import CheckpointError, make_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..data import CocoInstances, build_dataloader, build_transforms
 from ..data.annotations import training_warnings
@@ -285,18 +285,16 @@ class Run:
 
     def model_checkpoint(self) -> dict[str, Any]:
         """The model's checkpoint alone (``best.pth``): weights, how to rebuild them, categories, config."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "model": self.model.state_dict(),
-            "model_config": self.model_config,
-            "categories": [{"id": int(c["id"]), "name": str(c["name"])} for c in self.categories],
-            "config": self.config.to_dict(),
-            "epoch": self.state.epoch,
-            "iteration": self.state.iteration,
-            "best_metric": self.best_metric,
-            "best_epoch": self.best_epoch,
-        }
+        return make_checkpoint(
+            self.model.state_dict(),
+            self.model_config,
+            self.categories,
+            config=self.config.to_dict(),
+            epoch=self.state.epoch,
+            iteration=self.state.iteration,
+            best_metric=self.best_metric,
+            best_epoch=self.best_epoch,
+        )
 
     def save(self, best: bool = False, pending_record: dict[str, Any] | None = None) -> None:
         """Writes ``last.pth`` (and the model alone to ``best.pth`` with ``best``), atomically."""
