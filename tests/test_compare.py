@@ -61,21 +61,7 @@ def write_run(
     )
     lines = []
     for epoch in range(epochs):
-        for i in range(iters_per_epoch):
-            iteration = epoch * iters_per_epoch + i
-            parts = {k: 0.2 + 0.01 * seed + 1.0 / (iteration + 1) for k in COMPONENTS}
-            lines.append(
-                {
-                    "type": "iter",
-                    "epoch": epoch,
-                    "iteration": iteration,
-                    "lr": 0.01,
-                    "loss": sum(parts.values()),
-                    **parts,
-                    "time": 0.1,
-                    "data_time": 0.01,
-                }
-            )
+        lines += _iteration_records(seed, epoch, iters_per_epoch)
         last = epoch == epochs - 1
         extra = 0.5 * (epochs - 1 - epoch)  # earlier epochs have higher losses, lower AP
         lines.append(
@@ -92,6 +78,26 @@ def write_run(
         )
     (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
+
+
+def _iteration_records(seed: int, epoch: int, iters_per_epoch: int) -> list[dict]:
+    records = []
+    for i in range(iters_per_epoch):
+        iteration = epoch * iters_per_epoch + i
+        parts = {k: 0.2 + 0.01 * seed + 1.0 / (iteration + 1) for k in COMPONENTS}
+        records.append(
+            {
+                "type": "iter",
+                "epoch": epoch,
+                "iteration": iteration,
+                "lr": 0.01,
+                "loss": sum(parts.values()),
+                **parts,
+                "time": 0.1,
+                "data_time": 0.01,
+            }
+        )
+    return records
 
 
 @pytest.fixture
@@ -177,6 +183,34 @@ def test_summary_reports_mean_std_n_and_paired_differences(study):
     assert diffs["val_loss"]["verdict"] == "beyond seed noise"
 
 
+def test_summary_reports_peak_final_and_overfitting_measures_of_complete_runs(study):
+    summary = summarize(group_runs(_runs(study)))
+    baseline, noise = (arm["metrics"] for arm in summary["outcomes"]["arms"])
+    # two epochs; epoch 0 has losses 0.5 higher and AP 0.1 lower: the peak and the minimum are at epoch 1
+    assert baseline["segm_AP_peak"]["values"] == pytest.approx(BASE_SEGM)
+    assert baseline["segm_AP_peak_epoch"]["values"] == [1.0, 1.0, 1.0]
+    assert noise["bbox_AP_final"]["mean"] == pytest.approx(statistics.mean(NOISE_SEGM) + 0.05)
+    assert noise["val_loss_min"]["values"] == pytest.approx(NOISE_VAL)
+    assert noise["val_loss_rise"]["values"] == [0.0, 0.0, 0.0]
+    base_gaps = [v - t for v, t in zip(BASE_VAL, BASE_TRAIN)]  # 0, -0.19, -0.38
+    noise_gaps = [v - t for v, t in zip(NOISE_VAL, NOISE_TRAIN)]  # -0.6, -0.73, -1.09
+    assert baseline["gap_final"]["mean"] == pytest.approx(-0.19)
+    assert baseline["gap_final"]["std"] == pytest.approx(statistics.stdev(base_gaps))
+    gap_rows = summary["outcomes"]["arms"][1]["gap_by_epoch"]
+    assert [row["epoch"] for row in gap_rows] == [0, 1]
+    assert [row["mean"] for row in gap_rows] == pytest.approx([statistics.mean(noise_gaps)] * 2)
+
+    diffs = {d["metric"]: d for d in summary["outcomes"]["differences"]}
+    per_seed = [n - b for n, b in zip(noise_gaps, base_gaps)]  # -0.6, -0.54, -0.71
+    assert diffs["gap_final"]["paired"] and diffs["gap_final"]["n"] == 3
+    assert diffs["gap_final"]["mean"] == pytest.approx(-0.61666667)
+    assert diffs["gap_final"]["std"] == pytest.approx(statistics.stdev(per_seed))
+    segm = [n - b for n, b in zip(NOISE_SEGM, BASE_SEGM)]  # 0.01, -0.02, 0.02
+    assert diffs["segm_AP_peak"]["mean"] == pytest.approx(statistics.mean(segm))
+    assert diffs["segm_AP_final"]["verdict"] == "within seed noise"
+    assert summary["in_progress"] == [] and summary["compute"]["hours"] == 0.0  # no times logged
+
+
 def test_runs_of_different_lengths_are_compared_at_the_common_epoch(tmp_path):
     write_run(tmp_path / "a", 0, False, 1.0, 1.0, 0.3, epochs=2)
     write_run(tmp_path / "b", 0, True, 2.0, 1.5, 0.2, epochs=3)
@@ -197,7 +231,7 @@ def test_cli_writes_figure_and_tables(study, tmp_path, capsys):
 
     with Image.open(out) as png:
         assert png.format == "PNG"
-        # three columns (two arms + overlay), ten rows of panels
+        # three columns (two arms + overlay), eleven rows of panels
         assert 600 <= png.width <= 1200 and png.height >= 1200
     markdown = out.with_suffix(".md").read_text()
     row = "| baseline | 3 (0, 1, 2) | 1.2000 ± 0.2000 | 1.0100 ± 0.0100 | 0.3700 ± 0.0200 | 0.3200 ± 0.0200 |"
@@ -207,6 +241,7 @@ def test_cli_writes_figure_and_tables(study, tmp_path, capsys):
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["arms"][1]["metrics"]["train_loss"]["mean"] == pytest.approx(statistics.mean(NOISE_TRAIN))
     assert "| baseline | 3 (0, 1, 2) |" in capsys.readouterr().out
+    assert "## Does F-Noise delay overfitting?" in markdown and "**In progress**" not in markdown
 
 
 def test_runs_without_validation_or_epochs(tmp_path):

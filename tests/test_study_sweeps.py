@@ -11,6 +11,7 @@ import pytest
 from conftest import write_fake_python
 from fnoise_maskrcnn.compare import (
     _final_ap_points,
+    _panel_rows,
     _run_finished,
     main,
     parse_sweep,
@@ -18,7 +19,17 @@ from fnoise_maskrcnn.compare import (
     summarize,
     train_arms,
 )
-from fnoise_maskrcnn.study import RunError, epoch_records, group_runs, holm, load_run, t_two_sided_p
+from fnoise_maskrcnn.study import (
+    RunError,
+    common_seed_difference,
+    describe,
+    epoch_records,
+    group_runs,
+    holm,
+    load_run,
+    planned_epochs,
+    t_two_sided_p,
+)
 
 #: A stand-in for ``python``: writes a 2-epoch run whose segm AP depends on seed and sigma; --resume
 #: completes a run that has one epoch. Every call is appended to calls.jsonl beside the study.
@@ -183,3 +194,278 @@ def test_epoch_records_count_finished_epochs_only(tmp_path):
     with pytest.raises(RunError, match=r"metrics.jsonl:2: not valid JSON"):
         epoch_records(tmp_path)
     assert not _run_finished(tmp_path)
+
+
+def test_run_finished_reads_the_nested_config_of_train():
+    """train writes config.json nested (``optim.epochs``); earlier versions wrote it flat (``epochs``)."""
+    assert planned_epochs({"optim": {"epochs": 3}, "model": {}}) == 3
+    assert planned_epochs({"epochs": 9, "model": "resnet50"}) == 9
+    assert planned_epochs({"model": "resnet50"}) is None
+
+
+def test_run_finished_with_a_nested_config(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"optim": {"epochs": 3}, "model": {"model": "resnet50"}})
+    )
+    records = [{"type": "epoch", "epoch": e} for e in range(2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert not _run_finished(tmp_path)  # 2 of 3 epochs: resumed, not kept
+    records.append({"type": "epoch", "epoch": 2})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert _run_finished(tmp_path)
+
+
+# ------------------------------------------------------------------- peak, final, overfitting, compute
+#: Per epoch 0..3 of seed s: (training loss, validation loss, segm AP); bbox AP = segm AP + 0.05.
+#: Baseline: segm AP peaks at epoch 2, validation loss is lowest at epoch 2 and rises 0.1 + 0.01 s.
+#: F-Noise σ=0.1: segm AP peaks at the last epoch, validation loss still falls there.
+BASE_COURSE = [
+    lambda s: (2.0, 2.1 + 0.1 * s, 0.10 + 0.01 * s),
+    lambda s: (1.5, 1.6 + 0.1 * s, 0.30 + 0.01 * s),
+    lambda s: (1.0, 1.4 + 0.1 * s, 0.35 + 0.01 * s),
+    lambda s: (0.6, 1.5 + 0.11 * s, 0.32 + 0.01 * s),
+]
+NOISE_COURSE = [
+    lambda s: (2.2, 2.0 + 0.1 * s, 0.10 + 0.01 * s),
+    lambda s: (1.8, 1.5 + 0.1 * s, 0.28 + 0.01 * s),
+    lambda s: (1.4, 1.3 + 0.1 * s, 0.34 + 0.01 * s),
+    lambda s: (1.2, 1.25 + 0.12 * s, 0.36 + 0.02 * s),
+]
+#: A run killed after 2 of its 4 epochs, with numbers that would show if it were counted.
+IN_PROGRESS_COURSE = [lambda s: (2.0, 2.0, 0.5), lambda s: (1.5, 1.0, 0.9)]
+LABEL_01 = "F-Noise σ=0.1 (elementwise, all levels)"
+LABEL_02 = "F-Noise σ=0.2 (elementwise, all levels)"
+
+
+def _write_course(path: Path, seed: int, std: float | None, course, train_time: float) -> Path:
+    """A run planned for 4 epochs that logged ``course`` (one epoch each), 180 s of evaluation each."""
+    path.mkdir(parents=True)
+    config = {"seed": seed, "f_noise": std is not None, "f_noise_std": std or 0.1, "epochs": 4}
+    (path / "config.json").write_text(json.dumps({**config, "f_noise_mode": "elementwise"}))
+    records = []
+    for epoch, values in enumerate(course):
+        train, val, segm = values(seed)
+        records.append(
+            {
+                "type": "epoch",
+                "epoch": epoch,
+                "iteration": epoch + 1,
+                "train": {"loss": train},
+                "val": {"loss": val},
+                "bbox": {"AP": segm + 0.05},
+                "segm": {"AP": segm},
+                "train_time": train_time,
+                "eval_time": 180.0,
+            }
+        )
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def course_study(tmp_path) -> list[Path]:
+    """Baseline and σ=0.1: seeds 0-2 complete, seed 3 in progress; σ=0.2: seed 0 complete, seed 1 in
+    progress. Training takes 360 s an epoch (720 s under σ=0.1), evaluation 180 s."""
+    runs = []
+    for seed in range(3):
+        runs.append(_write_course(tmp_path / "baseline" / f"seed{seed}", seed, None, BASE_COURSE, 360.0))
+        runs.append(_write_course(tmp_path / "s01" / f"seed{seed}", seed, 0.1, NOISE_COURSE, 720.0))
+    runs.append(_write_course(tmp_path / "baseline" / "seed3", 3, None, IN_PROGRESS_COURSE, 360.0))
+    runs.append(_write_course(tmp_path / "s01" / "seed3", 3, 0.1, IN_PROGRESS_COURSE, 720.0))
+    runs.append(_write_course(tmp_path / "s02" / "seed0", 0, 0.2, NOISE_COURSE, 360.0))
+    runs.append(_write_course(tmp_path / "s02" / "seed1", 1, 0.2, IN_PROGRESS_COURSE, 360.0))
+    return runs
+
+
+def _outcomes(run_dirs: list[Path]) -> tuple[dict, dict]:
+    summary = summarize(group_runs([load_run(d) for d in run_dirs]))
+    return summary, {arm["label"]: arm for arm in summary["outcomes"]["arms"]}
+
+
+def test_peak_final_and_minimum_validation_loss_match_hand_computation(course_study):
+    _, arms = _outcomes(course_study)
+    base, noise = arms["baseline"]["metrics"], arms[LABEL_01]["metrics"]
+    expected = {  # name: (baseline mean, std, F-Noise σ=0.1 mean, std), by hand from the courses
+        "segm_AP_peak": (0.36, 0.01, 0.38, 0.02),  # baseline at epoch 2, F-Noise at epoch 3
+        "segm_AP_peak_epoch": (2.0, 0.0, 3.0, 0.0),
+        "segm_AP_final": (0.33, 0.01, 0.38, 0.02),
+        "bbox_AP_peak": (0.41, 0.01, 0.43, 0.02),
+        "bbox_AP_final": (0.38, 0.01, 0.43, 0.02),
+        "val_loss_min": (1.5, 0.1, 1.37, 0.12),  # 1.4/1.5/1.6 and 1.25/1.37/1.49
+        "val_loss_min_epoch": (2.0, 0.0, 3.0, 0.0),
+        "val_loss_final": (1.61, 0.11, 1.37, 0.12),
+        "val_loss_rise": (0.11, 0.01, 0.0, 0.0),  # 0.10/0.11/0.12; F-Noise's still falls at the end
+        "gap_final": (1.01, 0.11, 0.17, 0.12),  # 1.5 + 0.11 s - 0.6 and 1.25 + 0.12 s - 1.2
+    }
+    for name, (base_mean, base_std, noise_mean, noise_std) in expected.items():
+        assert base[name]["seeds"] == [0, 1, 2] and noise[name]["n"] == 3, name
+        assert base[name]["mean"] == pytest.approx(base_mean), name
+        assert base[name]["std"] == pytest.approx(base_std, abs=1e-12), name
+        assert noise[name]["mean"] == pytest.approx(noise_mean), name
+        assert noise[name]["std"] == pytest.approx(noise_std, abs=1e-12), name
+    assert base["segm_AP_peak"]["values"] == pytest.approx([0.35, 0.36, 0.37])
+
+
+def test_paired_differences_of_peak_final_and_overfitting_measures(course_study):
+    summary, _ = _outcomes(course_study)
+    diffs = {d["metric"]: d for d in summary["outcomes"]["differences"] if d["arm"] == LABEL_01}
+    assert set(diffs) == {
+        "segm_AP_peak",
+        "segm_AP_final",
+        "bbox_AP_peak",
+        "bbox_AP_final",
+        "val_loss_min",
+        "val_loss_min_epoch",
+        "val_loss_rise",
+        "gap_final",
+    }
+    half = 4.303 / math.sqrt(3)  # Student's t, 2 degrees of freedom, times 1 / sqrt(n)
+    by_hand = {  # per-seed differences F-Noise - baseline, seeds 0, 1, 2
+        "segm_AP_peak": (0.02, 0.01),  # 0.01, 0.02, 0.03
+        "segm_AP_final": (0.05, 0.01),  # 0.04, 0.05, 0.06
+        "bbox_AP_peak": (0.02, 0.01),
+        "bbox_AP_final": (0.05, 0.01),
+        "val_loss_min": (-0.13, 0.02),  # -0.15, -0.13, -0.11
+        "val_loss_rise": (-0.11, 0.01),  # -0.10, -0.11, -0.12
+        "gap_final": (-0.84, 0.01),  # -0.85, -0.84, -0.83
+    }
+    for name, (mean, std) in by_hand.items():
+        diff = diffs[name]
+        assert diff["paired"] and diff["n"] == 3, name
+        assert diff["mean"] == pytest.approx(mean), name
+        assert diff["std"] == pytest.approx(std), name
+        assert diff["ci95"] == pytest.approx([mean - half * std, mean + half * std], abs=1e-9), name
+        t = abs(mean) / (std / math.sqrt(3))
+        assert diff["p"] == pytest.approx(1 - t / math.sqrt(t**2 + 2), rel=1e-6), name
+    assert diffs["segm_AP_peak"]["p"] == pytest.approx(0.0741799, abs=1e-6)
+    assert diffs["segm_AP_peak"]["verdict"] == "within seed noise"
+    assert diffs["segm_AP_final"]["verdict"] == "beyond seed noise"
+    # the minimum comes one epoch later in every seed: +1 with no spread
+    assert diffs["val_loss_min_epoch"]["mean"] == 1.0 and diffs["val_loss_min_epoch"]["ci95"] == [1.0, 1.0]
+    # σ=0.2 has one complete seed: the difference without spread, interval or p, hence no Holm family
+    one = [d for d in summary["outcomes"]["differences"] if d["arm"] == LABEL_02]
+    assert {d["n"] for d in one} == {1} and all(d["ci95"] is None and d["p"] is None for d in one)
+    segm_final = next(d for d in one if d["metric"] == "segm_AP_final")
+    assert (
+        segm_final["mean"] == pytest.approx(0.04) and segm_final["verdict"] == "seed noise unknown (one seed)"
+    )
+    assert summary["outcomes"]["correction"] is None
+
+
+def test_gap_by_epoch_is_validation_minus_training_loss_over_seeds(course_study):
+    _, arms = _outcomes(course_study)
+    base = {row["epoch"]: row for row in arms["baseline"]["gap_by_epoch"]}
+    noise = {row["epoch"]: row for row in arms[LABEL_01]["gap_by_epoch"]}
+    assert sorted(base) == sorted(noise) == [0, 1, 2, 3]
+    # baseline 0.1 + 0.1 s, 0.1 + 0.1 s, 0.4 + 0.1 s, 0.9 + 0.11 s; F-Noise -0.2 + 0.1 s, -0.3 + 0.1 s,
+    # -0.1 + 0.1 s, 0.05 + 0.12 s
+    for rows, means, stds in (
+        (base, [0.2, 0.2, 0.5, 1.01], [0.1] * 3 + [0.11]),
+        (noise, [-0.1, -0.2, 0.0, 0.17], [0.1] * 3 + [0.12]),
+    ):
+        assert [rows[e]["mean"] for e in range(4)] == pytest.approx(means, abs=1e-12)
+        assert [rows[e]["std"] for e in range(4)] == pytest.approx(stds)
+        assert all(rows[e]["n"] == 3 and rows[e]["seeds"] == [0, 1, 2] for e in range(4))
+    # the figure's row draws every run, the one in progress too
+    rows = {
+        title: per_arm for _, title, per_arm in _panel_rows(group_runs([load_run(d) for d in course_study]))
+    }
+    epochs, gaps = rows["validation − training loss by epoch"][0][1]  # baseline, seed 1
+    assert list(epochs) == [0, 1, 2, 3] and gaps == pytest.approx([0.2, 0.2, 0.5, 1.01])
+    assert len(rows["validation − training loss by epoch"][0]) == 4
+
+
+def test_runs_in_progress_are_listed_and_left_out_of_the_statistics(course_study):
+    summary, arms = _outcomes(course_study)
+    assert [
+        (run["arm"], run["seed"], run["epochs_done"], run["epochs"]) for run in summary["in_progress"]
+    ] == [
+        ("baseline", 3, 2, 4),
+        (LABEL_01, 3, 2, 4),
+        (LABEL_02, 1, 2, 4),
+    ]
+    assert [(label, arm["n"], arm["seeds"]) for label, arm in arms.items()] == [
+        ("baseline", 3, [0, 1, 2]),
+        (LABEL_01, 3, [0, 1, 2]),
+        (LABEL_02, 1, [0]),
+    ]
+    single = arms[LABEL_02]["metrics"]["segm_AP_final"]
+    assert single["mean"] == pytest.approx(0.36) and single["std"] is None
+    # the snapshot at the last common epoch (epoch 1) still holds every run
+    assert summary["epoch"] == 1 and summary["arms"][0]["seeds"] == [0, 1, 2, 3]
+
+
+def test_compute_sums_train_and_eval_time_of_every_run(course_study):
+    summary, _ = _outcomes(course_study)
+    compute = summary["compute"]
+    # baseline 3 x 4 + 2 epochs of 360 s training, 180 s evaluation; σ=0.1 the same with 720 s; σ=0.2 4 + 2
+    rows = [
+        (a["label"], a["runs"], a["epochs"], a["train_hours"], a["eval_hours"], a["hours"])
+        for a in compute["arms"]
+    ]
+    assert rows == [
+        ("baseline", 4, 14, pytest.approx(1.4), pytest.approx(0.7), pytest.approx(2.1)),
+        (LABEL_01, 4, 14, pytest.approx(2.8), pytest.approx(0.7), pytest.approx(3.5)),
+        (LABEL_02, 2, 6, pytest.approx(0.6), pytest.approx(0.3), pytest.approx(0.9)),
+    ]
+    assert (compute["train_hours"], compute["eval_hours"], compute["hours"]) == pytest.approx((4.8, 1.7, 6.5))
+
+
+def test_markdown_reports_peak_gap_progress_and_compute(course_study, tmp_path):
+    out = tmp_path / "report" / "comparison.png"
+    assert main([*map(str, course_study), "--out", str(out)]) == 0
+    markdown = out.with_suffix(".md").read_text()
+    in_progress = [line for line in markdown.splitlines() if line.startswith("**In progress**")]
+    assert len(in_progress) == 1 and in_progress[0].endswith(
+        f"baseline seed 3 (2 of 4 epochs), {LABEL_01} seed 3 (2 of 4 epochs), "
+        f"{LABEL_02} seed 1 (2 of 4 epochs)."
+    )
+    peak_row = (
+        "| baseline | 3 (0, 1, 2) | 0.3600 ± 0.0100 | 2.00 ± 0.00 | 0.3300 ± 0.0100 | 0.4100 ± 0.0100 | "
+        "2.00 ± 0.00 | 0.3800 ± 0.0100 |"
+    )
+    assert peak_row in markdown
+    loss_row = (
+        f"| {LABEL_01} | 3 (0, 1, 2) | 1.3700 ± 0.1200 | 3.00 ± 0.00 | 1.3700 ± 0.1200 | 0.0000 ± 0.0000 | "
+        "0.1700 ± 0.1200 |"
+    )
+    assert loss_row in markdown
+    assert f"| {LABEL_02} | 1 (0; one seed: means without std or CI) | 0.3600 |" in markdown
+    assert (
+        f"| {LABEL_01} | validation − training loss, final epoch | -0.8400 ± 0.0100 | [-0.8648, -0.8152] |"
+        in markdown
+    )
+    assert (
+        f"| {LABEL_01} | epoch of minimum validation loss | +1.00 ± 0.00 | [+1.00, +1.00] | 0 |" in markdown
+    )
+    assert "| 3 | 1.0100 ± 0.1100 | 0.1700 ± 0.1200 | 0.0500 |" in markdown  # gap at epoch 3, per arm
+    bias = (
+        "measured on perturbed features, so it is higher than the same model's loss on clean features, and "
+        "that shrinks its measured gap"
+    )
+    assert bias in markdown
+    assert "| **study total** | 10 | 34 | 4.80 | 1.70 | 6.50 |" in markdown
+    assert json.loads(out.with_suffix(".json").read_text())["compute"]["hours"] == pytest.approx(6.5)
+
+
+def test_no_complete_run_gives_no_statistics_but_the_compute(tmp_path):
+    run = _write_course(tmp_path / "a", 0, None, IN_PROGRESS_COURSE, 3600.0)
+    out = tmp_path / "c.png"
+    assert main([str(run), "--out", str(out)]) == 0
+    markdown = out.with_suffix(".md").read_text()
+    assert "No run is complete yet" in markdown and "baseline seed 0 (2 of 4 epochs)" in markdown
+    assert "| **study total** | 1 | 2 | 2.00 | 0.10 | 2.10 |" in markdown
+
+
+def test_common_seed_difference_pairs_the_seeds_both_arms_completed():
+    arm = describe([0.5, 0.6, 0.9], [0, 1, 2])
+    reference = describe([0.4, 0.4, 0.1], [0, 1, 7])  # seed 2 not complete here, seed 7 not there
+    diff = common_seed_difference(arm, reference)
+    assert (
+        diff.paired
+        and diff.n == 2
+        and diff.mean == pytest.approx(0.15)
+        and diff.std == pytest.approx(0.05 * math.sqrt(2))
+    )
+    unpaired = common_seed_difference(describe([0.5, 0.7], [0, 1]), describe([0.4, 0.4], [2, 3]))
+    assert not unpaired.paired and unpaired.mean == pytest.approx(0.2)

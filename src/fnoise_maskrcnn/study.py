@@ -32,6 +32,13 @@ __all__ = [
     "Difference",
     "load_run",
     "epoch_records",
+    "planned_epochs",
+    "run_complete",
+    "gap_series",
+    "run_outcomes",
+    "OUTCOME_KEYS",
+    "compute_seconds",
+    "common_seed_difference",
     "group_runs",
     "iteration_series",
     "epoch_series",
@@ -88,12 +95,14 @@ class Run:
         config: ``config.json``.
         iterations: the ``"iter"`` records of ``metrics.jsonl``, by increasing ``iteration``.
         epochs: the ``"epoch"`` records, by increasing ``epoch``.
+        planned: the number of epochs ``config.json`` asks for (``None`` when it does not say).
     """
 
     path: Path
     config: dict[str, Any]
     iterations: list[dict[str, Any]]
     epochs: list[dict[str, Any]]
+    planned: int | None = None
 
     @property
     def seed(self) -> Any:
@@ -215,6 +224,16 @@ def epoch_records(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     ]
 
 
+def planned_epochs(config: Mapping[str, Any]) -> int | None:
+    """The epochs a raw ``config.json`` asks for: ``optim.epochs`` (nested form) or ``epochs`` (the flat form
+    of earlier versions); ``None`` when it does not say."""
+    optim = config.get("optim")
+    value = optim.get("epochs") if isinstance(optim, Mapping) else config.get("epochs")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value)
+
+
 def load_run(path: Path) -> Run:
     """Reads a run directory's ``config.json`` and ``metrics.jsonl``.
 
@@ -233,6 +252,7 @@ def load_run(path: Path) -> Run:
     config = _read_json(config_file)
     if not isinstance(config, dict):
         raise RunError(f"{config_file}: expected a JSON object")
+    planned = planned_epochs(config)
     try:  # one shape for every version's config.json: the configuration object's flags
         config = TrainConfig.read(config).flags()
     except (TypeError, ValueError) as exc:
@@ -255,7 +275,13 @@ def load_run(path: Path) -> Run:
             raise RunError(f"{metrics_file}:{number}: expected a record with 'type' 'iter', 'epoch' or 'run'")
     iterations.sort(key=lambda r: r["iteration"])
     epochs.sort(key=lambda r: r["epoch"])
-    return Run(path, config, iterations, epochs)
+    return Run(path, config, iterations, epochs, planned)
+
+
+def run_complete(run: Run) -> bool:
+    """Whether a run has logged all the epochs its ``config.json`` asks for (at least one when it does not
+    say); a run that has not is still in progress (or was interrupted) and has no final values yet."""
+    return len(run.epochs) >= 1 and (run.planned is None or len(run.epochs) >= run.planned)
 
 
 def _arm_config(config: Mapping[str, Any], ignored: Iterable[str]) -> dict[str, Any]:
@@ -388,6 +414,68 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     sums = np.convolve(values, kernel, mode="same")
     counts = np.convolve(np.ones_like(values, dtype=np.float64), kernel, mode="same")
     return sums / counts
+
+
+def gap_series(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """``(epochs, validation loss - training loss)`` at the epochs that logged both (the evaluated ones)."""
+    points: list[tuple[int, float | None]] = []
+    for record in run.epochs:
+        val, train = _nested(record, "val.loss"), _nested(record, "train.loss")
+        points.append((record["epoch"], None if val is None or train is None else val - train))
+    return _points(points)
+
+
+#: The per-run numbers of :func:`run_outcomes`.
+OUTCOME_KEYS = (
+    "segm_AP_peak",
+    "segm_AP_peak_epoch",
+    "segm_AP_final",
+    "bbox_AP_peak",
+    "bbox_AP_peak_epoch",
+    "bbox_AP_final",
+    "val_loss_min",
+    "val_loss_min_epoch",
+    "val_loss_final",
+    "val_loss_rise",
+    "gap_final",
+)
+
+
+def run_outcomes(run: Run) -> dict[str, float | None]:
+    """A run's whole-course numbers, over its evaluated epochs (``None`` where it logged none):
+
+    - ``{segm,bbox}_AP_peak`` and ``_peak_epoch``: the highest validation AP and the (first) epoch of it;
+      ``_final``: the AP of the last evaluated epoch;
+    - ``val_loss_min`` and ``val_loss_min_epoch``: the lowest validation loss and the (first) epoch of it;
+      ``val_loss_final``: the last one; ``val_loss_rise``: final minus minimum (>= 0; how far the
+      validation loss has climbed back since its minimum, without involving the training loss);
+    - ``gap_final``: validation minus training loss at the last epoch that logged both.
+    """
+    out: dict[str, float | None] = dict.fromkeys(OUTCOME_KEYS)
+    for prefix, path in (("segm_AP", "segm.AP"), ("bbox_AP", "bbox.AP")):
+        epochs, values = epoch_series(run, path)
+        if values.size:
+            best = int(np.argmax(values))
+            out[f"{prefix}_peak"], out[f"{prefix}_peak_epoch"] = float(values[best]), float(epochs[best])
+            out[f"{prefix}_final"] = float(values[-1])
+    epochs, losses = epoch_series(run, "val.loss")
+    if losses.size:
+        lowest = int(np.argmin(losses))
+        out["val_loss_min"], out["val_loss_min_epoch"] = float(losses[lowest]), float(epochs[lowest])
+        out["val_loss_final"] = float(losses[-1])
+        out["val_loss_rise"] = float(losses[-1] - losses[lowest])
+    _, gaps = gap_series(run)
+    if gaps.size:
+        out["gap_final"] = float(gaps[-1])
+    return out
+
+
+def compute_seconds(runs: Sequence[Run]) -> tuple[float, float]:
+    """``(training, evaluation)`` seconds of ``runs``: the sums of their epoch records' ``train_time`` and
+    ``eval_time`` (finished epochs only; a record without one counts 0)."""
+    train = sum(_nested(r, "train_time") or 0.0 for run in runs for r in run.epochs)
+    evaluation = sum(_nested(r, "eval_time") or 0.0 for run in runs for r in run.epochs)
+    return float(train), float(evaluation)
 
 
 def final_epoch(arms: Sequence[Arm]) -> int | None:
@@ -543,3 +631,19 @@ def difference(arm: Stat, reference: Stat) -> Difference:
     verdict = "within seed noise" if ci[0] <= 0.0 <= ci[1] else "beyond seed noise"
     p = t_two_sided_p(mean / stderr, df) if stderr > 0 else (1.0 if mean == 0 else 0.0)
     return Difference(mean, std, stderr, ci, paired, n, verdict, df, p)
+
+
+def _only_seeds(stat: Stat, seeds: set[str]) -> Stat:
+    kept = [(v, s) for v, s in zip(stat.values, stat.seeds) if str(s) in seeds]
+    result = describe([v for v, _ in kept], [s for _, s in kept])
+    assert result is not None  # seeds are a non-empty subset of stat's
+    return result
+
+
+def common_seed_difference(arm: Stat, reference: Stat) -> Difference:
+    """``arm - reference`` paired over the seeds both sides have (a seed complete on one side only is left
+    out); unpaired (Welch) when they share no seed. See :func:`difference`."""
+    common = {str(s) for s in arm.seeds} & {str(s) for s in reference.seeds}
+    if not common:
+        return difference(arm, reference)
+    return difference(_only_seeds(arm, common), _only_seeds(reference, common))
