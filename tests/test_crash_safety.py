@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _training import data_flags
 from fnoise_maskrcnn.checkpoint import load_checkpoint
 
 # 2 epochs x 2 iterations on 4 tiny images, evaluated on 2 images after each epoch; exact with --workers 0.
@@ -59,13 +60,6 @@ COMMON = [
 ]
 
 
-def _data(data) -> list[str]:
-    return [
-        *("--train-ann", str(data.train_ann), "--train-images", str(data.train_images)),
-        *("--val-ann", str(data.val_ann), "--val-images", str(data.val_images)),
-    ]
-
-
 def _train(argv: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "fnoise_maskrcnn.train", *argv]
@@ -104,7 +98,7 @@ def _wait_for(condition, timeout: float = 600.0) -> None:
 @pytest.fixture(scope="module")
 def straight(synthetic_coco, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("straight") / "run"
-    process = _train([*_data(synthetic_coco), *COMMON, "--output-dir", str(out)])
+    process = _train([*data_flags(synthetic_coco), *COMMON, "--output-dir", str(out)])
     assert process.wait() == 0, process.stderr.read()[-2000:]
     return out
 
@@ -125,7 +119,7 @@ def _assert_same_result(straight: Path, resumed: Path) -> None:
 def _kill_and_resume(synthetic_coco, straight: Path, out: Path, when, delay: float = 0.0) -> int:
     """Starts the run, waits for ``when(out)``, then ``delay`` seconds, kills it with SIGKILL, resumes it to
     the end and compares with the uninterrupted run. Returns the iterations lost (logged but not saved)."""
-    process = _train([*_data(synthetic_coco), *COMMON, "--output-dir", str(out)])
+    process = _train([*data_flags(synthetic_coco), *COMMON, "--output-dir", str(out)])
     _wait_for(lambda: when(out) or process.poll() is not None)
     time.sleep(delay)
     process.kill()
@@ -165,7 +159,7 @@ def test_sigterm_during_evaluation_exits_within_seconds_and_resume_completes(
     synthetic_coco, straight, tmp_path
 ):
     out = tmp_path / "run"
-    process = _train([*_data(synthetic_coco), *COMMON, "--output-dir", str(out)])
+    process = _train([*data_flags(synthetic_coco), *COMMON, "--output-dir", str(out)])
     _wait_for(lambda: len(_records(out, "iter")) >= 2 or process.poll() is not None)
     time.sleep(0.3)  # the epoch-end save, then evaluation
     sent = time.time()

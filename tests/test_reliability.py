@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _training import data_flags
 from fnoise_maskrcnn import train
 from fnoise_maskrcnn.atomic import AtomicWriteError, atomic_path, write_bytes_atomic, write_text_atomic
 from fnoise_maskrcnn.engine.run import Run
@@ -45,19 +46,6 @@ TINY = [
     "--model-kwarg",
     "rpn_post_nms_top_n_train=100",
 ]
-
-
-def _data(data) -> list[str]:
-    return [
-        "--train-ann",
-        str(data.train_ann),
-        "--train-images",
-        str(data.train_images),
-        "--val-ann",
-        str(data.val_ann),
-        "--val-images",
-        str(data.val_images),
-    ]
 
 
 def test_second_training_in_the_same_directory_is_refused(tmp_path, capsys):
@@ -181,7 +169,7 @@ def test_trained_epoch_is_saved_before_evaluation(synthetic_coco, tmp_path, monk
     out = tmp_path / "run"
     started = time.time()
     with pytest.raises(RuntimeError, match="killed during evaluation"):
-        train.main([*_data(synthetic_coco), *TINY, "--output-dir", str(out)])
+        train.main([*data_flags(synthetic_coco), *TINY, "--output-dir", str(out)])
     checkpoint = torch.load(out / "last.pth", weights_only=True)
     assert checkpoint["epoch"] == 1 and checkpoint["iteration"] == 1
     assert (out / "last.pth").stat().st_mtime >= started
