@@ -98,6 +98,10 @@ def _train(run: Run, hooks: Sequence[Hook], pending: dict | None) -> int:
                     file=sys.stderr,
                 )
             return 128 + exc.signum
+        except DatasetError:  # an unreadable image mid-epoch: keep what was trained, then report it
+            if run.state.epoch_iteration > 0:
+                run.save()
+            raise
         except NonFiniteLossError as exc:
             run.save()
             if run.ctx.is_main:
