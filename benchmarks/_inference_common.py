@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from fnoise_maskrcnn import maskrcnn_resnet50_fpn
-from fnoise_maskrcnn.checkpoint import make_checkpoint, save_checkpoint
+from fnoise_maskrcnn.io.checkpoint import make_checkpoint, save_checkpoint
 
 #: The real sets (coco128/, balloon/, dsb2018_stage1test/): the folder FNOISE_MASKRCNN_DATA names, if set.
 DATA_DIR = Path(os.environ["FNOISE_MASKRCNN_DATA"]) if os.environ.get("FNOISE_MASKRCNN_DATA") else None

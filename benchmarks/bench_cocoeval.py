@@ -25,7 +25,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from _results import write_result
-from fnoise_maskrcnn.coco_eval import BACKENDS, run_cocoeval
+from fnoise_maskrcnn.evaluation.coco import BACKENDS, run_cocoeval
 
 _DATA_DIR = os.environ.get("FNOISE_MASKRCNN_DATA")
 COCO128_VAL = Path(_DATA_DIR) / "coco128" / "val.json" if _DATA_DIR else None

@@ -36,9 +36,9 @@ from torchvision.ops import misc as misc_nn_ops
 
 from _inference_common import benchmark_images, write_random_checkpoint
 from _results import write_result
-from fnoise_maskrcnn.export import export
-from fnoise_maskrcnn.image_io import read_image_tensor
-from fnoise_maskrcnn.model_io import model_from_checkpoint
+from fnoise_maskrcnn.deploy.export import export
+from fnoise_maskrcnn.io.images import read_image_tensor
+from fnoise_maskrcnn.io.model_io import model_from_checkpoint
 
 
 def stock_torchvision_model(checkpoint: dict) -> MaskRCNN:

@@ -35,7 +35,7 @@ from PIL import Image
 
 from _results import write_result
 from fnoise_maskrcnn import maskrcnn_mobilenet_v3_large_fpn
-from fnoise_maskrcnn.checkpoint import make_checkpoint, save_checkpoint
+from fnoise_maskrcnn.io.checkpoint import make_checkpoint, save_checkpoint
 
 MIN_SIZE, MAX_SIZE = 800, 1333
 NUM_CATEGORIES = 4

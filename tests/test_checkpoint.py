@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from fnoise_maskrcnn import maskrcnn_mobilenet_v3_large_fpn
-from fnoise_maskrcnn.checkpoint import (
+from fnoise_maskrcnn.io.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_state_dict_file,
     make_checkpoint,
     save_checkpoint,
 )
-from fnoise_maskrcnn.model_io import model_from_checkpoint
+from fnoise_maskrcnn.io.model_io import model_from_checkpoint
 
 CATEGORIES = [{"id": 3, "name": "circle"}, {"id": 7, "name": "square"}]
 

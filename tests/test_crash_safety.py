@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from _training import data_flags
-from fnoise_maskrcnn.checkpoint import load_checkpoint
+from fnoise_maskrcnn.io.checkpoint import load_checkpoint
 
 # 2 epochs x 2 iterations on 4 tiny images, evaluated on 2 images after each epoch; exact with --workers 0.
 COMMON = [

@@ -12,8 +12,15 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from fnoise_maskrcnn.coco_eval import STAT_NAMES, evaluate_coco, format_metrics_table
-from fnoise_maskrcnn.evaluate import BACKENDS, evaluate_checkpoint, main, run_cocoeval
+from fnoise_maskrcnn.evaluate import main
+from fnoise_maskrcnn.evaluation.checkpoint_eval import evaluate_checkpoint
+from fnoise_maskrcnn.evaluation.coco import (
+    BACKENDS,
+    STAT_NAMES,
+    evaluate_coco,
+    format_metrics_table,
+    run_cocoeval,
+)
 
 
 @pytest.fixture(scope="module")
@@ -206,10 +213,10 @@ def _argv(checkpoint, ann, images, out, *more):
 def test_images_over_max_pixels_are_refused_before_running(
     inference_checkpoint, synthetic_coco, tmp_path, capsys, monkeypatch
 ):
-    from fnoise_maskrcnn import evaluate
+    from fnoise_maskrcnn.evaluation import checkpoint_eval
 
     monkeypatch.setattr(
-        evaluate, "model_from_checkpoint", lambda *a, **k: pytest.fail("the model was loaded")
+        checkpoint_eval, "model_from_checkpoint", lambda *a, **k: pytest.fail("the model was loaded")
     )
     data = json.loads(synthetic_coco.val_ann.read_text())
     largest = max(data["images"], key=lambda img: img["width"] * img["height"])
@@ -228,14 +235,14 @@ def test_images_over_max_pixels_are_refused_before_running(
 def test_out_of_memory_is_one_line_that_suggests_max_pixels(
     inference_checkpoint, synthetic_coco, tmp_path, capsys, monkeypatch
 ):
-    from fnoise_maskrcnn import evaluate
+    from fnoise_maskrcnn.evaluation import checkpoint_eval
 
     out_of_memory = getattr(torch, "OutOfMemoryError", MemoryError)
 
     def fail(*args, **kwargs):
         raise out_of_memory("CUDA out of memory. Tried to allocate 2.00 GiB.\nSee documentation")
 
-    monkeypatch.setattr(evaluate, "predict_batch", fail)
+    monkeypatch.setattr(checkpoint_eval, "predict_batch", fail)
     out = tmp_path / "m.json"
     argv = _argv(inference_checkpoint, synthetic_coco.val_ann, synthetic_coco.val_images, out)
     assert main([*argv, "--batch-size", "2"]) == 2

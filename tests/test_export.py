@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fnoise_maskrcnn.export import main as export_main
-from fnoise_maskrcnn.image_io import read_image_tensor
-from fnoise_maskrcnn.model_io import model_from_checkpoint
+from fnoise_maskrcnn.io.images import read_image_tensor
+from fnoise_maskrcnn.io.model_io import model_from_checkpoint
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

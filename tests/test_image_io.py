@@ -13,9 +13,9 @@ from PIL import Image
 from torchvision.models.detection import transform as detection_transform
 
 from fnoise_maskrcnn.data import CocoInstances
-from fnoise_maskrcnn.image_io import ImageError, ImageTooLargeError, read_image, read_image_tensor, to_rgb
 from fnoise_maskrcnn.inference import filter_by_score, predict_batch
-from fnoise_maskrcnn.model_io import model_from_checkpoint
+from fnoise_maskrcnn.io.images import ImageError, ImageTooLargeError, read_image, read_image_tensor, to_rgb
+from fnoise_maskrcnn.io.model_io import model_from_checkpoint
 from fnoise_maskrcnn.predict import main as predict_main
 
 
@@ -90,7 +90,7 @@ def test_exif_rotated_jpeg_is_upright_for_training_predict_and_serve(tmp_path, i
 
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("fastapi")
-    from fnoise_maskrcnn.serve import create_app, running_server
+    from fnoise_maskrcnn.deploy.service import create_app, running_server
 
     with running_server(create_app(inference_checkpoint, score_thresh=1.0, device="cpu")) as url:
         with httpx.Client(timeout=60) as client:

@@ -20,7 +20,7 @@ from fnoise_maskrcnn import (
     maskrcnn_mobilenet_v3_large_fpn,
     maskrcnn_resnet50_fpn,
 )
-from fnoise_maskrcnn.checkpoint import save_checkpoint
+from fnoise_maskrcnn.io.checkpoint import save_checkpoint
 
 SIZE = 128
 NUM_CLASSES = 3

@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from fnoise_maskrcnn.image_io import read_image_tensor
+from fnoise_maskrcnn.deploy.predict_files import output_names
 from fnoise_maskrcnn.inference import predict_batch
-from fnoise_maskrcnn.model_io import model_from_checkpoint
-from fnoise_maskrcnn.predict import main, output_names
+from fnoise_maskrcnn.io.images import read_image_tensor
+from fnoise_maskrcnn.io.model_io import model_from_checkpoint
+from fnoise_maskrcnn.predict import main
 
 
 @pytest.fixture(scope="module")
@@ -196,9 +197,9 @@ def test_unreadable_and_too_large_images_are_skipped_and_the_others_written(
 def test_out_of_memory_is_one_line_that_suggests_max_pixels(
     inference_checkpoint, val_images, tmp_path, capsys, monkeypatch
 ):
-    from fnoise_maskrcnn import predict
+    from fnoise_maskrcnn.deploy import predict_files
 
-    real = predict.predict_batch
+    real = predict_files.predict_batch
 
     def fail_on_batches_of_two(model, images, *args, **kwargs):
         if len(images) == 2:
@@ -207,7 +208,7 @@ def test_out_of_memory_is_one_line_that_suggests_max_pixels(
             )
         return real(model, images, *args, **kwargs)
 
-    monkeypatch.setattr(predict, "predict_batch", fail_on_batches_of_two)
+    monkeypatch.setattr(predict_files, "predict_batch", fail_on_batches_of_two)
     paths = [p for _, p in val_images[:3]]
     out = tmp_path / "out"
     assert main(_argv(inference_checkpoint, paths, out, "--batch-size", "2", "--score-thresh", "0.1")) == 1

@@ -17,9 +17,9 @@ import torch
 
 from _training import data_flags
 from fnoise_maskrcnn import train
-from fnoise_maskrcnn.atomic import AtomicWriteError, atomic_path, write_bytes_atomic, write_text_atomic
 from fnoise_maskrcnn.engine.run import Run
-from fnoise_maskrcnn.run_lock import RunLock
+from fnoise_maskrcnn.io.atomic import AtomicWriteError, atomic_path, write_bytes_atomic, write_text_atomic
+from fnoise_maskrcnn.io.run_lock import RunLock
 
 TINY = [
     "--model",
@@ -59,7 +59,7 @@ def test_second_training_in_the_same_directory_is_refused(tmp_path, capsys):
 
 def test_lock_of_a_killed_process_is_taken_over(tmp_path):
     code = (
-        "import sys, time; from fnoise_maskrcnn.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "import sys, time; from fnoise_maskrcnn.io.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); "
         "print('locked', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)

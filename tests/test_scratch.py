@@ -13,9 +13,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fnoise_maskrcnn import build_model, maskrcnn_mobilenet_v3_large_fpn, maskrcnn_resnet50_fpn, train
 from fnoise_maskrcnn.arguments import parse
-from fnoise_maskrcnn.checkpoint import save_checkpoint
-from fnoise_maskrcnn.export import export
-from fnoise_maskrcnn.model_io import model_from_checkpoint
+from fnoise_maskrcnn.deploy.export import export
+from fnoise_maskrcnn.io.checkpoint import save_checkpoint
+from fnoise_maskrcnn.io.model_io import model_from_checkpoint
 from fnoise_maskrcnn.recipes import LIGHT_HEADS, RECIPES
 
 SMALL = {

@@ -18,13 +18,13 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from fnoise_maskrcnn.image_io import read_image_tensor
 from fnoise_maskrcnn.inference import predict_batch
-from fnoise_maskrcnn.model_io import model_from_checkpoint
+from fnoise_maskrcnn.io.images import read_image_tensor
+from fnoise_maskrcnn.io.model_io import model_from_checkpoint
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
-from fnoise_maskrcnn.serve import ModelService, create_app, running_server  # noqa: E402
+from fnoise_maskrcnn.deploy.service import ModelService, create_app, running_server  # noqa: E402
 
 MAX_UPLOAD_BYTES = 60_000
 MAX_PIXELS = 200 * 200

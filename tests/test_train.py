@@ -11,10 +11,10 @@ import torch
 from _training import TINY_MODEL, Inject, data_flags, read_metrics
 from fnoise_maskrcnn import train
 from fnoise_maskrcnn.arguments import parse
-from fnoise_maskrcnn.checkpoint import load_checkpoint
 from fnoise_maskrcnn.distributed import init_distributed
 from fnoise_maskrcnn.engine import LOSS_NAMES
 from fnoise_maskrcnn.engine.run import Run
+from fnoise_maskrcnn.io.checkpoint import load_checkpoint
 
 
 def test_training_lowers_the_loss(synthetic_coco, tmp_path):

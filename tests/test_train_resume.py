@@ -9,8 +9,8 @@ import torch
 
 from _training import TINY_MODEL, Inject, data_flags, read_metrics
 from fnoise_maskrcnn import train
-from fnoise_maskrcnn.checkpoint import load_checkpoint
-from fnoise_maskrcnn.model_io import model_from_checkpoint
+from fnoise_maskrcnn.io.checkpoint import load_checkpoint
+from fnoise_maskrcnn.io.model_io import model_from_checkpoint
 
 
 def test_resume_is_exact(synthetic_coco, tmp_path):

@@ -12,8 +12,9 @@ from PIL import Image
 from torch import nn
 
 from fnoise_maskrcnn import maskrcnn_mobilenet_v3_large_fpn, maskrcnn_resnet50_fpn
-from fnoise_maskrcnn.checkpoint import save_checkpoint
-from fnoise_maskrcnn.visualize import fnoise_perturbation, log_fnoise_pictures, main
+from fnoise_maskrcnn.io.checkpoint import save_checkpoint
+from fnoise_maskrcnn.visualization import fnoise_perturbation, log_fnoise_pictures
+from fnoise_maskrcnn.visualize import main
 
 SIGMA = 0.2
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
 from .config import REFERENCE_BATCH, REFERENCE_LR, TrainConfig, fixed_fields
 from .fnoise import F_NOISE_DISTRIBUTIONS, F_NOISE_MODES, F_NOISE_PRESETS, F_NOISE_SCHEDULES, FNoiseConfig
+from .io.checkpoint import CheckpointError, load_checkpoint
 from .models import ARCHITECTURES, NORMS
 from .recipes import RECIPE_HELP, RECIPES, recipe_defaults
 

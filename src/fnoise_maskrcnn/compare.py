@@ -38,7 +38,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .atomic import write_text_atomic
+from .io.atomic import write_text_atomic
 from .study import (
     DEFAULT_IGNORED_KEYS,
     LOSS_KEYS,
@@ -67,7 +67,7 @@ from .study import (
     sigma_of,
     smooth,
 )
-from .visualize import save_figure
+from .visualization import save_figure
 
 __all__ = [
     "SUMMARY_METRICS",

@@ -1,6 +1,6 @@
-"""What predict, evaluate, export and serve share: the device, running a model, drawing, JSON.
+"""What predict, evaluate and serve share: running a model, drawing, JSON (the device: :mod:`.device`).
 
-Images are read by :mod:`fnoise_maskrcnn.image_io` (the reader the dataset uses, so predictions and
+Images are read by :mod:`fnoise_maskrcnn.io.images` (the reader the dataset uses, so predictions and
 evaluation see the same pixels) as ``[3, H, W]`` tensors, ``float32`` in ``[0, 1]`` or ``uint8``.
 :func:`predict_batch` gives exactly the model's detections with less memory on large images: images are
 normalised and resized one at a time (one float copy of a full-size image, freed once resized), only the
@@ -25,16 +25,14 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
-from .coco_eval import MASK_THRESHOLD, encode_masks
-from .image_io import ImageError, ImageTooLargeError
+from .evaluation.coco import MASK_THRESHOLD, encode_masks
+from .io.images import ImageError, ImageTooLargeError
 
 __all__ = [
     "ImageError",
     "ImageTooLargeError",
     "MASK_THRESHOLD",
     "DEFAULT_MAX_PIXELS",
-    "resolve_device",
-    "is_out_of_memory",
     "filter_by_score",
     "predict_batch",
     "draw_overlay",
@@ -51,49 +49,6 @@ _BAND_PIXELS = 1 << 22
 
 #: predict's and evaluate's default ``--max-pixels``: 64 megapixels, an 8000 x 8000 image.
 DEFAULT_MAX_PIXELS = 8000 * 8000
-
-_DEVICE_EXAMPLES = "'auto', 'cpu', 'cuda', 'cuda:1'"
-
-
-def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """The package's one device choice.
-
-    Args:
-        name: ``None`` or ``"auto"``: the GPU when there is one, else the CPU; otherwise a device name
-            (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...) or a ``torch.device``.
-
-    Raises:
-        ValueError: not a device name, or a GPU that this machine does not have (one-line message).
-    """
-    if name is None or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device {str(name)!r} is not a device name (e.g. {_DEVICE_EXAMPLES})") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {str(name)!r} requested but CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {str(name)!r} requested but this machine has {torch.cuda.device_count()} GPU(s)"
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {str(name)!r} requested but MPS is not available on this machine")
-    return device
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocation failure: ``MemoryError``, CUDA's ``OutOfMemoryError``, or the CPU
-    allocator's ``RuntimeError`` ("can't allocate memory")."""
-    cuda_oom = getattr(torch, "OutOfMemoryError", None) or getattr(
-        torch.cuda, "OutOfMemoryError", MemoryError
-    )
-    if isinstance(exc, (MemoryError, cuda_oom)):
-        return True
-    return isinstance(exc, RuntimeError) and (
-        "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
-    )
 
 
 def filter_by_score(output: Mapping[str, torch.Tensor], score_thresh: float) -> Output:

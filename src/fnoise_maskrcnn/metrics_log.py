@@ -18,7 +18,7 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from .atomic import write_text_atomic
+from .io.atomic import write_text_atomic
 
 __all__ = ["RunLogger", "truncate_metrics"]
 

@@ -35,8 +35,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import misc as misc_nn_ops
 
 from .backbone import FNoiseBackboneWithFPN
-from .checkpoint import load_state_dict_file
 from .fnoise import FNoiseConfig
+from .io.checkpoint import load_state_dict_file
 
 __all__ = [
     "ARCHITECTURES",

@@ -31,17 +31,17 @@ import torch
 
 from . import distributed as dist_utils
 from .arguments import build_parser, parse
-from .atomic import AtomicWriteError, write_text_atomic
-from .checkpoint import CheckpointError
-from .coco_eval import format_metrics_table
 from .config import TrainConfig
 from .data import DatasetError
 from .engine import Hook, NonFiniteLossError, StopSignal, TrainingInterrupted, default_hooks
 from .engine.loop import finish_pending_epoch, train_epochs
 from .engine.run import Run, UserError
 from .engine.summary import config_lines, print_summary, run_facts
+from .evaluation.coco import format_metrics_table
+from .io.atomic import AtomicWriteError, write_text_atomic
+from .io.checkpoint import CheckpointError
+from .io.run_lock import RunLock, RunLockedError, remove_stale_temporaries
 from .metrics_log import RunLogger, truncate_metrics
-from .run_lock import RunLock, RunLockedError, remove_stale_temporaries
 
 __all__ = ["build_parser", "main"]
 

@@ -11,7 +11,7 @@ hand here, because the library does not do it:
   categories chosen by name;
 * images with no annotations get empty ``boxes``/``labels``/``masks`` (the wrapper returns only
   ``image_id`` for them);
-* images are read by :func:`fnoise_maskrcnn.image_io.read_image` (EXIF orientation, 16-bit scaling), and
+* images are read by :func:`fnoise_maskrcnn.io.images.read_image` (EXIF orientation, 16-bit scaling), and
   unreadable image files raise :class:`DatasetError` naming the file.
 """
 
@@ -33,7 +33,7 @@ from torchvision import tv_tensors
 from torchvision.datasets import CocoDetection, VisionDataset, wrap_dataset_for_transforms_v2
 from torchvision.transforms.v2 import functional as F
 
-from ..image_io import ImageError, read_image
+from ..io.images import ImageError, read_image
 from .annotations import DatasetError, check_annotations, instance_counts, load_annotation_file
 
 logger = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text_atomic
+from ..io.atomic import write_text_atomic
 from .annotations import DatasetError, check_annotations
 from .json_stream import read_spans, scan_top_level
 

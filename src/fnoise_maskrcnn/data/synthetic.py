@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..atomic import write_text_atomic
+from ..io.atomic import write_text_atomic
 
 CATEGORIES: tuple[dict, ...] = (
     {"id": 1, "name": "circle", "supercategory": "shape"},

@@ -5,7 +5,7 @@ anything: problems that make the dataset unusable (see :mod:`.annotations`), mis
 truncated image files, images whose real size (after EXIF orientation) differs from the
 ``width``/``height`` in the file, and the annotations that will be left out of the training targets.
 It also notes (without counting it as a problem) images with 16-bit, 32-bit integer or float pixels,
-which every job converts to 8 bits by scaling (:func:`fnoise_maskrcnn.image_io.to_rgb`).
+which every job converts to 8 bits by scaling (:func:`fnoise_maskrcnn.io.images.to_rgb`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 
 from .annotations import DatasetError, ProblemTally, check_annotations, load_annotation_file
 
-#: PIL modes of more than 8 bits per pixel, scaled to 8 bits when read (see ``image_io.to_rgb``).
+#: PIL modes of more than 8 bits per pixel, scaled to 8 bits when read (see ``io.images.to_rgb``).
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 

@@ -10,7 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
 from .. import distributed as dist_utils
-from ..coco_eval import evaluate_coco, predictions_to_coco_results
+from ..evaluation.coco import evaluate_coco, predictions_to_coco_results
 from ..fnoise import FNoise
 from .state import LOSS_NAMES, autocast, to_device, unwrap
 
@@ -89,7 +89,7 @@ def evaluate_ap(
 ) -> dict[str, Any] | None:
     """COCO bbox and segm AP of the model on ``data_loader``'s images, gathered across processes.
 
-    Returns :func:`fnoise_maskrcnn.coco_eval.evaluate_coco`'s dict, plus ``num_images`` (images
+    Returns :func:`fnoise_maskrcnn.evaluation.coco.evaluate_coco`'s dict, plus ``num_images`` (images
     predicted), on rank 0 and None elsewhere. Images a ``DistributedSampler`` repeated to even out the
     shards are counted once. ``check_stop`` runs before every batch.
     """

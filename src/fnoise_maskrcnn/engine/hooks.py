@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import distributed as dist_utils
-from ..coco_eval import format_metrics_table
+from ..evaluation.coco import format_metrics_table
 from ..fnoise import FNoise, FNoiseSchedule
 from .state import format_eta, peak_memory_mb, unwrap
 
@@ -177,7 +177,7 @@ class FNoisePictures(Hook):
     def after_step(self, run: Run, step: StepContext) -> None:
         if (step.iteration + 1) % self.every or not dist_utils.is_main_process():
             return
-        from ..visualize import log_fnoise_pictures  # matplotlib only when pictures are asked for
+        from ..visualization import log_fnoise_pictures  # matplotlib only when pictures are asked for
 
         f_noise = f_noise_of(run)
         generator = f_noise.generator if f_noise is not None else None

@@ -21,11 +21,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import distributed as dist_utils
-from ..checkpoint import CheckpointError, make_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..data import CocoInstances, build_dataloader, build_transforms
 from ..data.annotations import training_warnings
 from ..fnoise import FNoiseSchedule
+from ..io.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
 from ..metrics_log import RunLogger
 from ..models import build_model
 from .evaluation import evaluate_ap, evaluate_losses

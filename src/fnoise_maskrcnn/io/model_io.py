@@ -1,8 +1,8 @@
 """Rebuilding a trained model from a checkpoint alone.
 
 The one module that joins the checkpoint files (:mod:`.checkpoint`, which does not import the model
-code) and the model factories (:mod:`.models`). predict, evaluate, serve, export and visualize load
-their model here.
+code) and the model factories (:mod:`fnoise_maskrcnn.models`). predict, evaluate, serve, export and
+visualize load their model here.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torchvision.models.detection import MaskRCNN
 
+from ..device import resolve_device
+from ..models import build_model
 from .checkpoint import CheckpointError, load_checkpoint
-from .inference import resolve_device
-from .models import build_model
 
 __all__ = ["model_from_checkpoint"]
 
@@ -53,7 +53,7 @@ def model_from_checkpoint(
     Args:
         checkpoint: a path to one of our checkpoints, or the loaded dict.
         device: where to put the model: a device name, a ``torch.device``, or ``"auto"``/``None`` (see
-            :func:`fnoise_maskrcnn.inference.resolve_device`).
+            :func:`fnoise_maskrcnn.device.resolve_device`).
 
     Returns:
         ``(model, checkpoint)``: the model in eval mode with the checkpoint's weights loaded strictly,
@@ -61,7 +61,7 @@ def model_from_checkpoint(
 
     Raises:
         CheckpointError: the file is not a loadable checkpoint (see
-            :func:`fnoise_maskrcnn.checkpoint.load_checkpoint`), its ``model_config`` cannot be built, or
+            :func:`fnoise_maskrcnn.io.checkpoint.load_checkpoint`), its ``model_config`` cannot be built, or
             its weights do not fit the model it describes (one line naming the file).
     """
     name = str(checkpoint) if not isinstance(checkpoint, Mapping) else "checkpoint"

@@ -13,7 +13,7 @@ A checkpoint is a plain dict (built by :func:`make_checkpoint`) that loads with
     }
 
 This module does not import the model code (``models`` imports it to read weights files); rebuilding a
-model from a checkpoint is :func:`fnoise_maskrcnn.model_io.model_from_checkpoint`.
+model from a checkpoint is :func:`fnoise_maskrcnn.io.model_io.model_from_checkpoint`.
 
 Nothing here ever unpickles code: files are read with ``weights_only=True`` only, and a file that needs
 more is refused with our own one-line message naming the file and what it holds (never torch's text,
