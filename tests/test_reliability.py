@@ -17,7 +17,7 @@ import torch
 
 from _training import data_flags
 from fnoise_maskrcnn import train
-from fnoise_maskrcnn.engine.run import Run
+from fnoise_maskrcnn.engine.run import Run, lock_output_dir
 from fnoise_maskrcnn.io.atomic import AtomicWriteError, atomic_path, write_bytes_atomic, write_text_atomic
 from fnoise_maskrcnn.io.run_lock import RunLock
 
@@ -92,7 +92,7 @@ def test_stale_temporaries_are_removed_at_start(tmp_path, capsys):
     stale.write_bytes(b"half a checkpoint")
     keep = out / "notes.txt"
     keep.write_text("mine")
-    lock = train._lock_output_dir(out)
+    lock = lock_output_dir(out)
     lock.release()
     assert not stale.exists() and keep.exists()
     assert "left by an interrupted write" in capsys.readouterr().out

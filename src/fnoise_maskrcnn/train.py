@@ -35,39 +35,14 @@ from .config import TrainConfig
 from .data import DatasetError
 from .engine import Hook, NonFiniteLossError, StopSignal, TrainingInterrupted, default_hooks
 from .engine.loop import finish_pending_epoch, train_epochs
-from .engine.run import Run, UserError
+from .engine.run import Run, UserError, lock_output_dir, set_deterministic
 from .engine.summary import config_lines, print_summary, run_facts
 from .evaluation.coco import format_metrics_table
 from .io.atomic import AtomicWriteError, write_text_atomic
 from .io.checkpoint import CheckpointError
-from .io.run_lock import RunLock, RunLockedError, remove_stale_temporaries
 from .metrics_log import RunLogger, truncate_metrics
 
 __all__ = ["build_parser", "main"]
-
-
-def _set_deterministic(enabled: bool) -> None:
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled, warn_only=True)
-    torch.backends.cudnn.deterministic = enabled
-    torch.backends.cudnn.benchmark = False
-
-
-def _lock_output_dir(output_dir: Path) -> RunLock:
-    """Creates ``output_dir``, takes its lock (one training per directory) and removes stale temporaries."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(output_dir).acquire()
-    except RunLockedError as exc:
-        raise UserError(f"--output-dir {exc}") from None
-    except OSError as exc:
-        raise UserError(
-            f"--output-dir {output_dir}: cannot be used as a run directory ({exc.strerror or exc})"
-        ) from None
-    for path in remove_stale_temporaries(output_dir):
-        print(f"removed {path}, left by an interrupted write", flush=True)
-    return lock
 
 
 def _test_only(run: Run) -> int:
@@ -143,7 +118,7 @@ def _run(config: TrainConfig, resumed: dict | None, extra_hooks: Sequence[Hook])
             config = config.replace("run", output_dir=str(Path("runs") / f"train-{stamp}"))
         out = Path(config.run.output_dir)
         if ctx.is_main and not config.run.test_only:
-            stack.callback(_lock_output_dir(out).release)
+            stack.callback(lock_output_dir(out).release)
         if resumed is None and not config.run.test_only and (out / "last.pth").exists():
             raise UserError(
                 f"--output-dir {out} already holds a run (last.pth); "
@@ -168,7 +143,7 @@ def main(argv: Sequence[str] | None = None, extra_hooks: Sequence[Hook] = ()) ->
     parsed = parse(argv, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     config = parsed.config
     deterministic_before = torch.are_deterministic_algorithms_enabled()
-    _set_deterministic(config.run.deterministic)
+    set_deterministic(config.run.deterministic)
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     try:

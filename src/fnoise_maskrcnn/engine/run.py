@@ -9,6 +9,7 @@ and the data augmentation have their own streams derived from the seed.
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from dataclasses import dataclass
@@ -26,12 +27,21 @@ from ..data import CocoInstances, build_dataloader, build_transforms
 from ..data.annotations import training_warnings
 from ..fnoise import FNoiseSchedule
 from ..io.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
+from ..io.run_lock import RunLock, RunLockedError, remove_stale_temporaries
 from ..metrics_log import RunLogger
 from ..models import build_model
 from .evaluation import evaluate_ap, evaluate_losses
 from .state import DataRng, LrSchedule, StopSignal, TrainingInterrupted, TrainState
 
-__all__ = ["Run", "DataSpec", "UserError", "resolve_data", "derive_seed"]
+__all__ = [
+    "Run",
+    "DataSpec",
+    "UserError",
+    "resolve_data",
+    "derive_seed",
+    "lock_output_dir",
+    "set_deterministic",
+]
 
 # Independent random streams derived from the seed.
 _STREAM_TRAIN, _STREAM_F_NOISE, _STREAM_DATA = 1, 2, 3
@@ -320,6 +330,31 @@ class Run:
             self.model, self.val_loader, self.device, self.categories, self.val_set.coco, amp, self.check_stop
         )
         return {"val": val, "metrics": metrics}
+
+
+def set_deterministic(enabled: bool) -> None:
+    """``--deterministic``: deterministic algorithms (warning where there are none), no cuDNN autotuning."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = False
+
+
+def lock_output_dir(output_dir: Path) -> RunLock:
+    """Creates ``output_dir``, takes its lock (one training per directory) and removes stale temporaries."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(output_dir).acquire()
+    except RunLockedError as exc:
+        raise UserError(f"--output-dir {exc}") from None
+    except OSError as exc:
+        raise UserError(
+            f"--output-dir {output_dir}: cannot be used as a run directory ({exc.strerror or exc})"
+        ) from None
+    for path in remove_stale_temporaries(output_dir):
+        print(f"removed {path}, left by an interrupted write", flush=True)
+    return lock
 
 
 def _rng_state(f_noise_generator: torch.Generator | None, data_rng: DataRng | None) -> dict[str, Any]:
