@@ -69,8 +69,8 @@ _RECIPES: dict[str, dict[str, Any]] = {
         "amp": True,
         "model_kwarg": _light_heads(),
     },
-    # From scratch on any COCO-format set on a few CPU cores, in about 20-30 minutes for a few hundred
-    # images: as ``synthetic`` at 384 px, with scale jitter, for more epochs.
+    # From scratch on any small COCO-format set on a few CPU cores: as ``synthetic`` at 384 px, with scale
+    # jitter, for more epochs.
     "cpu-scratch": {
         "norm": "gn",
         "min_size": 384,
@@ -113,8 +113,8 @@ _RECIPES: dict[str, dict[str, Any]] = {
 RECIPE_HELP: Mapping[str, str] = MappingProxyType(
     {
         "torchvision": "torchvision's reference defaults (BatchNorm, 800/1333 px, 26 epochs)",
-        "synthetic": "from scratch on the synthetic shapes, a few CPU minutes (default without data flags)",
-        "cpu-scratch": "from scratch on a small COCO-format set, GroupNorm at 384-512 px, 20-30 CPU minutes",
+        "synthetic": "from scratch on the synthetic shapes, 160 px, 3 epochs (default without data flags)",
+        "cpu-scratch": "from scratch on a small COCO-format set, GroupNorm at 384-512 px, 24 epochs",
         "gpu-scratch": "from scratch, GroupNorm, 800/1333 px, 37 epochs (detectron2's scratch 3x)",
     }
 )
