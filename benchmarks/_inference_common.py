@@ -57,7 +57,7 @@ def benchmark_images(count: int) -> list[Path]:
     if ann is not None and ann.is_file():
         images = sorted(json.loads(ann.read_text())["images"], key=lambda img: img["id"])
         return [ann.parent / "images" / img["file_name"] for img in images[:count]]
-    from fnoise_maskrcnn.data.synthetic import default_dataset
+    from fnoise_maskrcnn.data.shapes import default_dataset
 
     splits = default_dataset()
     images = sorted(json.loads(splits.val_ann.read_text())["images"], key=lambda img: img["id"])

@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if args.ann is None:
-        from fnoise_maskrcnn.data.synthetic import default_dataset
+        from fnoise_maskrcnn.data.shapes import default_dataset
 
         args.ann = default_dataset().val_ann
     dataset = json.loads(args.ann.read_text())

@@ -5,7 +5,7 @@ categories, ~450 MB, person-heavy category mix, 1% crowd RLE) under a temporary 
 placeholder files for the images the subset keeps (the tool never decodes images), then runs in fresh
 subprocesses, interleaved:
 
-* ``stream``: ``fnoise_maskrcnn.data.subset.make_subset(..., categories=["bus"], split=80/10/10)``;
+* ``stream``: ``fnoise_maskrcnn.data.subsetting.make_subset(..., categories=["bus"], split=80/10/10)``;
 * ``plain``: the usual approach, ``pycocotools.COCO(ann_file)`` then selecting the bus images and
   annotations and writing them (no splits), i.e. what a script built on ``json.load`` costs.
 
@@ -38,7 +38,7 @@ CATEGORY = "bus"
 # torchvision) alone costs several hundred MB that have nothing to do with the annotation file.
 _CHILD = {
     "stream": (
-        "from fnoise_maskrcnn.data.subset import make_subset",
+        "from fnoise_maskrcnn.data.subsetting import make_subset",
         """
 split = {"train": 0.8, "val": 0.1, "test": 0.1}
 result = make_subset(ANN, IMAGES, OUT, categories=["bus"], split=split, seed=0)

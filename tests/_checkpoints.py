@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from fnoise_maskrcnn import maskrcnn_mobilenet_v3_large_fpn
-from fnoise_maskrcnn.data.synthetic import CATEGORIES
+from fnoise_maskrcnn.data.shapes import CATEGORIES
 from fnoise_maskrcnn.io.checkpoint import make_checkpoint, save_checkpoint
 
 MIN_SIZE, MAX_SIZE = 128, 160

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fnoise_maskrcnn.data import synthetic
+from fnoise_maskrcnn.data import shapes
 
 #: The real COCO-format sets next to the repository (see their SOURCE.md); tests skip when absent.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -27,7 +27,7 @@ class SyntheticCoco:
 
 @pytest.fixture(scope="session")
 def synthetic_coco(tmp_path_factory) -> SyntheticCoco:
-    splits = synthetic.generate(
+    splits = shapes.generate(
         tmp_path_factory.mktemp("synthetic_coco"), 8, seed=0, num_val_images=4, size_range=(128, 192)
     )
     return SyntheticCoco(

@@ -12,7 +12,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 
-from fnoise_maskrcnn.data import CocoInstances, DatasetError, build_transforms, synthetic
+from fnoise_maskrcnn.data import CocoInstances, DatasetError, build_transforms
+from fnoise_maskrcnn.data import shapes as synthetic
 from fnoise_maskrcnn.data.annotations import check_annotations, instance_counts, training_warnings
 
 H, W = 12, 16

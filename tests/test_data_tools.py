@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fnoise_maskrcnn.data import CocoInstances, DatasetError, subset, synthetic, validate, validate_coco
+from fnoise_maskrcnn.data import (
+    CocoInstances,
+    DatasetError,
+    subset,
+    subsetting,
+    synthetic,
+    validate,
+    validate_coco,
+)
 from fnoise_maskrcnn.data.json_stream import read_spans, scan_top_level
 
 
@@ -52,7 +60,7 @@ def test_subset_writes_deterministic_splits_with_original_ids(tmp_path, capsys, 
     got_images = sorted(img["id"] for d in splits.values() for img in d["images"])
     assert got_images == expected_images
     n = len(expected_images)
-    sizes = subset.split_sizes(n, {"train": 0.5, "val": 0.25, "test": 0.25})
+    sizes = subsetting.split_sizes(n, {"train": 0.5, "val": 0.25, "test": 0.25})
     assert [len(d["images"]) for d in splits.values()] == list(sizes.values())
     for name, d in splits.items():
         assert d["categories"] == [c for c in source["categories"] if c["id"] in kept]
@@ -80,13 +88,13 @@ def test_subset_writes_deterministic_splits_with_original_ids(tmp_path, capsys, 
 
 
 def test_subset_split_sizes_and_max_images(tmp_path, capsys, synthetic_coco):
-    assert subset.split_sizes(10, {"train": 0.8, "val": 0.1, "test": 0.1}) == {
+    assert subsetting.split_sizes(10, {"train": 0.8, "val": 0.1, "test": 0.1}) == {
         "train": 8,
         "val": 1,
         "test": 1,
     }
-    assert subset.split_sizes(7, {"a": 0.5, "b": 0.5}) == {"a": 4, "b": 3}
-    assert subset.split_sizes(5, {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}) == {"a": 2, "b": 2, "c": 1}
+    assert subsetting.split_sizes(7, {"a": 0.5, "b": 0.5}) == {"a": 4, "b": 3}
+    assert subsetting.split_sizes(5, {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}) == {"a": 2, "b": 2, "c": 1}
     code, out, err = run_subset(
         capsys,
         "--ann",

@@ -91,9 +91,9 @@ def resolve_data(config: TrainConfig) -> DataSpec:
             f"--data-path {root}: found neither annotations/instances_train2017.json (COCO layout) "
             "nor train.json (simple layout)"
         )
-    from ..data import synthetic
+    from ..data import shapes
 
-    splits = synthetic.default_dataset(num_images=data.synthetic_images)
+    splits = shapes.default_dataset(num_images=data.synthetic_images)
     return DataSpec(splits.train_ann, splits.train_images, splits.val_ann, splits.val_images, True)
 
 
