@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from _results import write_result
-from fnoise_maskrcnn.study import epoch_records
+from fnoise_maskrcnn.study.runs import epoch_records
 from record_run import learning_curve
 
 ARMS: dict[str, list[str]] = {

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from conftest import write_fake_python
-from fnoise_maskrcnn.compare import STUDY_TRAIN_FLAGS, main, summarize, train_arms
-from fnoise_maskrcnn.study import RunError, group_runs, load_run
+from fnoise_maskrcnn.compare import main
+from fnoise_maskrcnn.study import STUDY_TRAIN_FLAGS, RunError, group_runs, load_run, summarize, train_arms
 
 COMPONENTS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 

@@ -9,16 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_fake_python
-from fnoise_maskrcnn.compare import (
-    _final_ap_points,
-    _panel_rows,
-    _run_finished,
-    main,
-    parse_sweep,
-    study_arms,
-    summarize,
-    train_arms,
-)
+from fnoise_maskrcnn.compare import main
 from fnoise_maskrcnn.study import (
     RunError,
     common_seed_difference,
@@ -27,9 +18,15 @@ from fnoise_maskrcnn.study import (
     group_runs,
     holm,
     load_run,
+    parse_sweep,
     planned_epochs,
+    study_arms,
+    summarize,
     t_two_sided_p,
+    train_arms,
 )
+from fnoise_maskrcnn.study.arms import _run_finished, study_flags_error
+from fnoise_maskrcnn.study.plots import _final_ap_points, _panel_rows
 
 #: A stand-in for ``python``: writes a 2-epoch run whose segm AP depends on seed and sigma; --resume
 #: completes a run that has one epoch. Every call is appended to calls.jsonl beside the study.
@@ -75,6 +72,22 @@ def test_parse_sweep_and_arms():
     ]
     assert arms[1][1] == ["--f-noise", "--f-noise-std", "0.1", "--f-noise-levels", "0", "1"]
     assert study_arms([], baseline=False) == [("fnoise", ["--f-noise"])]
+
+
+def test_study_flags_error_names_the_first_flag_compare_sets_itself():
+    settings = ["f_noise_std", "epochs", "seed", "device"]
+    arms = study_arms([("f_noise_std", ["0.1"])])
+    assert study_flags_error(["--epochs", "2"], arms, settings) is None
+    assert study_flags_error(["--seed=3"], arms, settings).startswith("--seed is set by compare")
+    assert "leave it out" in study_flags_error(["--f-noise"], arms, settings)
+    unknown = study_arms([("lr_typo", ["1"])])
+    assert (
+        study_flags_error([], unknown, settings) == "--sweep lr_typo: not a training flag compare can sweep"
+    )
+    reserved = study_arms([("device", ["cpu"])])
+    assert (
+        study_flags_error([], reserved, settings) == "--sweep device: not a training flag compare can sweep"
+    )
 
 
 def test_sweep_of_two_values_and_two_seeds_gives_three_arms_and_the_ap_panel(fake_python, tmp_path):

@@ -1,0 +1,196 @@
+"""The comparison figure: one column per arm plus an overlay, one row per quantity, shared y axes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .runs import LOSS_KEYS, Arm, sigma_of
+from .series import epoch_series, final_epoch, final_values, gap_series, iteration_series, smooth
+from .stats import t975
+
+__all__ = ["PANELS", "plot_comparison"]
+
+#: The figure row of validation minus training loss (not a key of the epoch records: derived per run).
+GAP_PANEL_KEY = "val.loss-train.loss"
+
+#: ``(kind, key, title)`` of the figure's rows; ``kind`` is ``"iter"`` or ``"epoch"``.
+PANELS = (
+    ("iter", "loss", "training loss per iteration"),
+    ("epoch", "train.loss", "training loss, epoch mean"),
+    *(("iter", key, f"{key} per iteration") for key in LOSS_KEYS[1:]),
+    ("epoch", "val.loss", "validation loss (F-Noise off)"),
+    ("epoch", GAP_PANEL_KEY, "validation − training loss by epoch"),
+    ("epoch", "bbox.AP", "bbox AP (val)"),
+    ("epoch", "segm.AP", "segm AP (val)"),
+)
+
+
+Curve = tuple[np.ndarray, np.ndarray]
+
+
+def _aggregate(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Mean and std (``ddof=1``; zeros for one curve) over curves at the x values they all have."""
+    curves = [(x, y) for x, y in curves if x.size]
+    if not curves:
+        return None
+    common = curves[0][0]
+    for x, _ in curves[1:]:
+        common = np.intersect1d(common, x)
+    if common.size == 0:
+        return None
+    stacked = np.stack([y[np.searchsorted(x, common)] for x, y in curves])
+    std = stacked.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros(common.size)
+    return common, stacked.mean(axis=0), std
+
+
+def _smoothing_window(arms: Sequence[Arm], requested: int | None) -> int:
+    if requested is not None:
+        return max(1, requested)
+    lengths = [len(run.iterations) for arm in arms for run in arm.runs]
+    return max(1, round(max(lengths, default=0) / 25))
+
+
+def plot_comparison(arms: Sequence[Arm], *, smoothing: int | None = None, title: str = "") -> Figure:
+    """The comparison figure: one column per arm plus an overlay column, one row per quantity.
+
+    Per-iteration rows show each seed's raw curve faintly and the mean of the smoothed curves (centred
+    moving average over ``smoothing`` logged iterations; default: a 25th of the run) with a ± std band
+    over seeds. Per-epoch rows show each seed's values as dots and the mean ± std. Each row shares its
+    y axis across columns. Rows without data in any run are left out.
+    """
+    window = _smoothing_window(arms, smoothing)
+    rows = _panel_rows(arms)
+    ap_points = _final_ap_points(arms)
+    columns = len(arms) + 1
+    height = 2.3 * (max(len(rows), 1) + (ap_points is not None)) + 0.8
+    figure = Figure(figsize=(3.6 * columns, height), dpi=60, layout="constrained")
+    seeds = sorted({len(arm.runs) for arm in arms})
+    figure.suptitle(
+        (title + "\n" if title else "")
+        + f"mean ± std over seeds ({'/'.join(map(str, seeds))} per arm); "
+        + f"iteration curves smoothed over {window}",
+        fontsize=12,
+    )
+    if not rows:
+        figure.text(0.5, 0.5, "no metrics logged yet", ha="center", va="center")
+        return figure
+    axes = figure.subplots(len(rows) + (ap_points is not None), columns, squeeze=False, sharey="row")
+    if ap_points is not None:
+        grid = axes[-1, 0].get_gridspec()
+        for ax in axes[-1]:
+            ax.remove()
+        _plot_final_ap(figure.add_subplot(grid[-1, :]), *ap_points)
+        axes = axes[:-1]
+    for r, (kind, row_title, per_arm) in enumerate(rows):
+        low, high = _draw_row(axes[r], arms, kind, per_arm, window)
+        if math.isfinite(low):
+            margin = 0.06 * (high - low) if high > low else 0.05 * max(abs(high), 1e-3)
+            axes[r, 0].set_ylim(low - margin, high + margin)
+        for ax in axes[r]:
+            ax.grid(True, alpha=0.3)
+            ax.tick_params(labelsize=8)
+            if kind == "epoch":
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if r == len(rows) - 1 or rows[r + 1][0] != kind:
+                ax.set_xlabel("iteration" if kind == "iter" else "epoch", fontsize=9)
+        axes[r, 0].set_ylabel(row_title, fontsize=9)
+    for c, arm in enumerate(arms):
+        axes[0, c].set_title(f"{arm.label}\nseeds {', '.join(map(str, arm.seeds))}", fontsize=10)
+    axes[0, -1].set_title("all arms, mean ± std", fontsize=10)
+    axes[0, -1].legend(fontsize=7, loc="upper right")
+    return figure
+
+
+def _panel_rows(arms: Sequence[Arm]) -> list[tuple[str, str, list[list[Curve]]]]:
+    """``(kind, row title, per arm the curve of each run)`` of the :data:`PANELS` that some run logged.
+
+    Every run is drawn, in progress or not (the figure follows a study as it runs); the validation −
+    training row is :func:`fnoise_maskrcnn.study.gap_series`.
+    """
+    rows = []
+    for kind, key, row_title in PANELS:
+        if key == GAP_PANEL_KEY:
+            per_arm = [[gap_series(run) for run in arm.runs] for arm in arms]
+        else:
+            series_of = iteration_series if kind == "iter" else epoch_series
+            per_arm = [[series_of(run, key) for run in arm.runs] for arm in arms]
+        if any(x.size for curves in per_arm for x, _ in curves):
+            rows.append((kind, row_title, per_arm))
+    return rows
+
+
+def _draw_row(
+    axes_row: Sequence[Any], arms: Sequence[Arm], kind: str, per_arm: list[list[Curve]], window: int
+) -> tuple[float, float]:
+    """Draw one row (each arm's column, then the overlay in the last); return the y range to show."""
+    low, high = math.inf, -math.inf
+    for a, (arm, curves) in enumerate(zip(arms, per_arm)):
+        colour = f"C{a}"
+        curves_drawn = [(x, smooth(y, window)) for x, y in curves] if kind == "iter" else curves
+        for x, y in curves:
+            if kind == "iter":
+                axes_row[a].plot(x, y, color=colour, alpha=0.18, linewidth=0.6)
+            else:
+                axes_row[a].plot(x, y, "o", color=colour, alpha=0.35, markersize=3)
+        aggregated = _aggregate(curves_drawn)
+        if aggregated is None:
+            for _, y in curves_drawn:
+                if y.size:
+                    low, high = min(low, float(y.min())), max(high, float(y.max()))
+            continue
+        x, mean, std = aggregated
+        for ax, label in ((axes_row[a], None), (axes_row[-1], arm.label)):
+            marker = "o-" if kind == "epoch" else "-"
+            ax.plot(x, mean, marker, color=colour, linewidth=1.6, markersize=4, label=label)
+            ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.25, linewidth=0)
+        low, high = min(low, float((mean - std).min())), max(high, float((mean + std).max()))
+    return low, high
+
+
+def _final_ap_points(arms: Sequence[Arm]) -> tuple[list[float], list[str], list[list[float]], str] | None:
+    """Final segm AP per arm for the "AP vs σ" panel: x positions, tick labels, seed values, x title.
+
+    x is σ when the arms differ only in ``f_noise_std`` (the baseline at σ = 0), else the arm's index.
+    None when no arm has a final segm AP.
+    """
+    epoch = final_epoch(arms)
+    if epoch is None:
+        return None
+    values = [final_values(arm, "segm.AP", epoch)[0] for arm in arms]
+    if not any(values):
+        return None
+    noise_arms = [arm for arm in arms if not arm.is_baseline]
+    stds = [sigma_of(arm.key.get("f_noise_std")) for arm in noise_arms]
+    by_sigma = len(set(stds)) == len(noise_arms) and all(
+        {k: v for k, v in arm.key.items() if k != "f_noise_std"}
+        == {k: v for k, v in noise_arms[0].key.items() if k != "f_noise_std"}
+        for arm in noise_arms
+    )
+    if by_sigma:
+        xs = [0.0 if arm.is_baseline else sigma_of(arm.key.get("f_noise_std")) for arm in arms]
+        return xs, [f"{x:g}" for x in xs], values, "F-Noise σ (0: baseline)"
+    return [float(i) for i in range(len(arms))], [arm.label for arm in arms], values, "arm"
+
+
+def _plot_final_ap(
+    ax: Any, xs: list[float], ticks: list[str], values: list[list[float]], x_title: str
+) -> None:
+    """Mean ± 95% CI of each arm's final segm AP over seeds, with every seed's value as a faint dot."""
+    for i, (x, seed_values) in enumerate(zip(xs, values)):
+        if not seed_values:
+            continue
+        array = np.asarray(seed_values, dtype=np.float64)
+        half = t975(array.size - 1) * array.std(ddof=1) / math.sqrt(array.size) if array.size > 1 else 0.0
+        ax.plot([x] * array.size, array, "o", color=f"C{i}", alpha=0.3, markersize=4)
+        ax.errorbar([x], [array.mean()], yerr=[half], fmt="s", color=f"C{i}", capsize=4, markersize=6)
+    ax.set_xticks(xs, ticks, fontsize=8)
+    ax.set_xlabel(x_title, fontsize=9)
+    ax.set_ylabel("final segm AP (val)", fontsize=9)
+    ax.set_title("final segm AP per arm: mean ± 95% CI over seeds, seeds as dots", fontsize=10)
+    ax.grid(True, alpha=0.3)
