@@ -68,3 +68,21 @@ class Inject(Hook):
     def _nan_mask_loss(module, inputs, output):
         detections, losses = output
         return detections, {k: v * float("nan") if k == "loss_mask" else v for k, v in losses.items()}
+
+
+def tensorboard_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the TensorBoard events in ``log_dir``: ``{tag: [(step, value), ...]}``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def tensorboard_images(log_dir: Path) -> dict[str, list[int]]:
+    """The steps of every image tag of the TensorBoard events in ``log_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0})
+    events.Reload()
+    return {tag: [e.step for e in events.Images(tag)] for tag in events.Tags()["images"]}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -73,21 +76,55 @@ def test_eval_loader_keeps_dataset_order_and_works_with_workers(synthetic_coco):
     assert torch.equal(targets[0]["masks"], expected_target["masks"])
 
 
-def test_distributed_loader_shards_with_distributed_sampler(synthetic_coco, tmp_path):
-    import torch.distributed as dist
+_SHARD_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+from fnoise_maskrcnn.data import CocoInstances, build_dataloader, build_transforms, set_epoch
+from fnoise_maskrcnn.data.loader import GroupedBatchSampler
+from torch.utils.data import DistributedSampler
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        ds = CocoInstances(synthetic_coco.train_images, synthetic_coco.train_ann, build_transforms(True))
-        loader = build_dataloader(ds, batch_size=2, train=True, distributed=True, seed=0)
-        assert isinstance(loader.batch_sampler, GroupedBatchSampler)
-        assert isinstance(loader.batch_sampler.sampler, torch.utils.data.DistributedSampler)
-        first = order(loader)
-        assert sorted(first) == sorted(ds.image_ids)
-        set_epoch(loader, 1)
-        assert order(loader) != first
-    finally:
-        dist.destroy_process_group()
+images, ann, out = sys.argv[1:]
+dist.init_process_group("gloo")
+ds = CocoInstances(images, ann, build_transforms(True))
+loader = build_dataloader(ds, batch_size=2, train=True, distributed=True, seed=0)
+assert isinstance(loader.batch_sampler, GroupedBatchSampler)
+assert isinstance(loader.batch_sampler.sampler, DistributedSampler)
+orders = []
+for epoch in (0, 1):
+    set_epoch(loader, epoch)
+    orders.append([ds.image_ids[i] for batch in loader.batch_sampler for i in batch])
+with open(f"{out}{dist.get_rank()}.json", "w") as f:
+    json.dump({"rank": dist.get_rank(), "orders": orders, "all": ds.image_ids}, f)
+dist.destroy_process_group()
+"""
+
+
+def test_distributed_loader_shards_with_distributed_sampler(synthetic_coco, tmp_path):
+    """Two gloo processes: disjoint shards that together cover every image, reshuffled per epoch."""
+    script = tmp_path / "shard.py"
+    script.write_text(_SHARD_SCRIPT)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(synthetic_coco.train_images),
+        str(synthetic_coco.train_ann),
+        str(tmp_path / "rank"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    everything = ranks[0]["all"]
+    for epoch in (0, 1):
+        shards = [set(rank["orders"][epoch]) for rank in ranks]
+        assert not shards[0] & shards[1]  # each image on one process only (8 images, even split)
+        assert shards[0] | shards[1] == set(everything)
+        assert len(ranks[0]["orders"][epoch]) == len(ranks[1]["orders"][epoch]) == len(everything) // 2
+    assert ranks[0]["orders"][0] != ranks[0]["orders"][1]  # set_epoch reshuffles
 
 
 @pytest.mark.parametrize("workers", [0, 2])

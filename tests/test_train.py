@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from _training import TINY_MODEL, Inject, data_flags, read_metrics
+from _training import TINY_MODEL, Inject, data_flags, read_metrics, tensorboard_scalars
 from fnoise_maskrcnn import train
 from fnoise_maskrcnn.arguments import parse
 from fnoise_maskrcnn.distributed import init_distributed
@@ -59,7 +59,12 @@ def test_training_lowers_the_loss(synthetic_coco, tmp_path):
     assert config["model"]["f_noise"]["enabled"] is False and config["data"]["batch_size"] == 2
     # The configuration is saved once, and the checkpoint carries the same object.
     assert checkpoint["config"] == config
-    assert any(p.name.startswith("events.out.tfevents") for p in out.iterdir())
+    scalars = tensorboard_scalars(out)
+    assert [step for step, _ in scalars["train/loss"]] == list(range(8))
+    assert [value for _, value in scalars["train/loss"]] == pytest.approx(
+        [r["loss"] for r in iters], rel=1e-6
+    )
+    assert [step for step, _ in scalars["epoch_train/loss"]] == list(range(1, 9))
 
 
 def test_seed_gives_same_start_with_and_without_f_noise(synthetic_coco):
@@ -139,7 +144,8 @@ def test_bad_flags_are_argparse_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         train.main(argv)
     assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    error_line = capsys.readouterr().err.strip().splitlines()[-1]  # not the usage lines above it
+    assert error_line.startswith("python -m fnoise_maskrcnn.train: error: ") and message in error_line
 
 
 def test_bad_data_is_a_one_line_error(tmp_path, capsys):

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from _training import TINY_MODEL, data_flags
+from _training import TINY_MODEL, data_flags, tensorboard_scalars
 
 
 def test_two_process_ddp_on_cpu(synthetic_coco, tmp_path):
@@ -56,7 +56,8 @@ def test_two_process_ddp_on_cpu(synthetic_coco, tmp_path):
     assert epoch["val_images_evaluated"] == 2
     assert set(epoch["segm"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert epoch["val"]["loss"] > 0 and set(epoch["f_noise_nsr"]) == {"0", "1"}
-    assert len([p for p in out.iterdir() if p.name.startswith("events.out.tfevents")]) == 1
+    assert len([p for p in out.iterdir() if p.name.startswith("events.out.tfevents")]) == 1  # rank 0 only
+    assert [step for step, _ in tensorboard_scalars(out)["train/loss"]] == [0, 1]
     checkpoint = torch.load(out / "last.pth", weights_only=True)
     assert checkpoint["iteration"] == 2 and len(checkpoint["rng"]) == 2  # each rank's random streams
     assert not any(key.startswith("module.") for key in checkpoint["model"])

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from _training import tensorboard_images, tensorboard_scalars
 from fnoise_maskrcnn import maskrcnn_mobilenet_v3_large_fpn, maskrcnn_resnet50_fpn
 from fnoise_maskrcnn.io.checkpoint import save_checkpoint
 from fnoise_maskrcnn.visualization import fnoise_perturbation, log_fnoise_pictures
@@ -122,7 +123,12 @@ def test_log_fnoise_pictures_writes_pngs_and_tensorboard(synthetic_coco, tmp_pat
             png.verify()
         with Image.open(path) as png:
             assert png.format == "PNG" and png.width >= 600 and png.height >= 400
-    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert tensorboard_images(tmp_path / "tb") == {"fnoise/image0": [12], "fnoise/image1": [12]}
+    ratios = tensorboard_scalars(tmp_path / "tb")
+    assert set(ratios) == {"f_noise_nsr/level_0", "f_noise_nsr/level_1"}  # the name training logs under
+    assert all(
+        points[0][0] == 12 and points[0][1] == pytest.approx(SIGMA, rel=0.1) for points in ratios.values()
+    )
     assert not list((tmp_path / "fnoise").glob(".*"))  # no temporary files left behind
     assert model.training
 
