@@ -215,11 +215,25 @@ class TrainConfig:
         """A saved configuration: this nested form, or the flat one of earlier versions' config.json."""
         if isinstance(values.get("model"), Mapping):
             return cls.from_dict(values)
-        return cls.from_flags(values)
+        return cls.from_flags(_legacy_flags(values))
 
     def replace(self, section: str, **changes: Any) -> TrainConfig:
         """A copy with fields of one section changed (the configuration itself stays frozen)."""
         return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
+
+
+def _legacy_flags(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The flags in an earlier version's flat config.json, which mixed them with resolved values: data
+    files found from ``--data-path`` or generated (synthetic), and ``categories`` as the resolved
+    ``[{"id", "name"}]`` list. Those are dropped, so the same command reads as the same configuration."""
+    flags = dict(values)
+    if flags.get("synthetic_data") or flags.get("data_path"):
+        for name in ("train_ann", "train_images", "val_ann", "val_images"):
+            flags[name] = None
+    categories = flags.get("categories")
+    if isinstance(categories, list) and categories and isinstance(categories[0], Mapping):
+        flags["categories"] = None  # resolved, not the --categories selection (which is not recorded)
+    return flags
 
 
 def fixed_fields() -> Iterator[str]:
