@@ -34,21 +34,26 @@ def write_random_checkpoint(
         max_size=max_size,
         box_detections_per_img=detections_per_img,
     )
-    body = model.backbone.body
-    for module in body.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    body.train()
-    with torch.no_grad():
-        for _ in range(2):
-            body(torch.rand(2, 3, min_size, min_size))
-    with torch.no_grad():
-        model.roi_heads.box_predictor.cls_score.weight.normal_(0.0, 0.002)
+    calibrate_random_model(model, min_size)
     model.eval()
     categories = [{"id": i, "name": f"class{i}"} for i in range(1, num_classes)]
     save_checkpoint(make_checkpoint(model.state_dict(), model.build_config, categories), path)
     return path
+
+
+@torch.no_grad()
+def calibrate_random_model(model: torch.nn.Module, image_size: int) -> None:
+    """Makes a random-weight model behave like a working one: BatchNorm statistics of the body from two
+    batches of random images, and a box classifier with small weights, so scores spread out."""
+    body = model.backbone.body
+    for module in body.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batches
+    body.train()
+    for _ in range(2):
+        body(torch.rand(2, 3, image_size, image_size))
+    model.roi_heads.box_predictor.cls_score.weight.normal_(0.0, 0.002)
 
 
 def benchmark_images(count: int) -> list[Path]:

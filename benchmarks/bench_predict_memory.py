@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from _inference_common import calibrate_random_model
 from _results import write_result
 from fnoise_maskrcnn import maskrcnn_mobilenet_v3_large_fpn
 from fnoise_maskrcnn.io.checkpoint import make_checkpoint, save_checkpoint
@@ -64,16 +65,7 @@ def write_model(path: Path, detections: int, seed: int = 0) -> Path:
         max_size=MAX_SIZE,
         box_detections_per_img=detections,
     )
-    body = model.backbone.body
-    for module in body.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    body.train()
-    with torch.no_grad():
-        for _ in range(2):
-            body(torch.rand(2, 3, 320, 320))
-        model.roi_heads.box_predictor.cls_score.weight.normal_(0.0, 0.002)
+    calibrate_random_model(model, 320)
     categories = [{"id": i, "name": f"class{i}"} for i in range(1, NUM_CATEGORIES + 1)]
     save_checkpoint(make_checkpoint(model.state_dict(), model.build_config, categories), path)
     return path
