@@ -18,7 +18,7 @@ import torch
 from .. import distributed as dist_utils
 from ..evaluation.coco import format_metrics_table
 from ..fnoise import FNoise, FNoiseSchedule
-from .state import format_eta, peak_memory_mb, unwrap
+from .state import format_eta, peak_memory_mb
 
 if TYPE_CHECKING:
     from .run import Run
@@ -77,12 +77,6 @@ class Hook:
         """After the epoch's training; ``record`` becomes its metrics.jsonl epoch record."""
 
 
-def f_noise_of(run: Run) -> FNoise | None:
-    """The run's F-Noise module, when it perturbs anything."""
-    f_noise = getattr(unwrap(run.model).backbone, "f_noise", None)
-    return f_noise if isinstance(f_noise, FNoise) and f_noise.std > 0 else None
-
-
 def sigma_in_force(f_noise: FNoise) -> float | dict[str, float]:
     """F-Noise's sigma this iteration: a number, or ``{level: sigma}`` with per-level sigmas."""
     if f_noise.level_std:
@@ -98,7 +92,7 @@ class FNoiseScheduleHook(Hook):
         self.schedule = schedule
 
     def before_step(self, run: Run, step: StepContext) -> None:
-        f_noise = f_noise_of(run)
+        f_noise = run.f_noise
         if f_noise is not None:
             f_noise.scale = self.schedule(step.iteration)
 
@@ -108,12 +102,12 @@ class FNoiseMonitor(Hook):
     level (averaged over processes, summed into the epoch's means) and the sigma in force."""
 
     def before_step(self, run: Run, step: StepContext) -> None:
-        f_noise = f_noise_of(run)
+        f_noise = run.f_noise
         if f_noise is not None and step.logged:
             step.stack.enter_context(f_noise.recording())
 
     def after_step(self, run: Run, step: StepContext) -> None:
-        f_noise = f_noise_of(run)
+        f_noise = run.f_noise
         if f_noise is None:
             return
         sigma = sigma_in_force(f_noise)
@@ -179,8 +173,7 @@ class FNoisePictures(Hook):
             return
         from ..visualization import log_fnoise_pictures  # matplotlib only when pictures are asked for
 
-        f_noise = f_noise_of(run)
-        generator = f_noise.generator if f_noise is not None else None
+        generator = run.f_noise_generator
         generator_state = generator.get_state() if generator is not None else None
         devices = [run.device] if run.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):

@@ -25,7 +25,7 @@ from .. import distributed as dist_utils
 from ..config import TrainConfig
 from ..data import CocoInstances, build_dataloader, build_transforms
 from ..data.annotations import training_warnings
-from ..fnoise import FNoiseSchedule
+from ..fnoise import FNoise, FNoiseSchedule
 from ..io.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
 from ..io.run_lock import RunLock, RunLockedError, remove_stale_temporaries
 from ..metrics_log import RunLogger
@@ -158,11 +158,9 @@ def _model(config: TrainConfig, num_classes: int, resumed: dict[str, Any] | None
     try:
         if resumed is not None:  # no weights to load (or download): the checkpoint's replace them
             return build_model(resumed["model_config"])
-        model = config.model
+        spec = config.model
         return build_model(
-            config.model.build_config(num_classes),
-            weights=model.weights,
-            weights_backbone=model.weights_backbone,
+            spec.build_config(num_classes), weights=spec.weights, weights_backbone=spec.weights_backbone
         )
     except CheckpointError:
         raise
@@ -222,6 +220,8 @@ class Run:
 
     def _init_f_noise(self) -> None:
         f_noise = self.config.model.f_noise
+        #: The model's F-Noise module when it perturbs anything (the hooks act on it), else None.
+        self.f_noise: FNoise | None = self.model.backbone.f_noise if f_noise.active else None
         self.f_noise_generator: torch.Generator | None = None
         self.f_noise_schedule: FNoiseSchedule | None = None
         if f_noise.enabled:

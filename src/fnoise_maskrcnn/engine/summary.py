@@ -1,10 +1,10 @@
 """What a training run reports on the console: a short configuration, and the end-of-run summary."""
 
 import datetime
-import json
 from pathlib import Path
 from typing import Any
 
+from ..study.runs import epoch_records
 from .run import Run
 from .state import LOSS_NAMES
 
@@ -52,15 +52,14 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _ap_history(metrics_file: Path) -> list[str]:
-    """``"epoch: bbox AP / segm AP"`` for each evaluated epoch recorded in ``metrics.jsonl``."""
-    lines = []
-    if metrics_file.is_file():
-        for line in metrics_file.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("type") == "epoch" and record.get("segm"):
-                lines.append(f"{record['epoch']}: {record['bbox']['AP']:.3f} / {record['segm']['AP']:.3f}")
-    return lines
+def _ap_history(run_dir: Path) -> list[str]:
+    """``"epoch: bbox AP / segm AP"`` for each evaluated epoch recorded in ``metrics.jsonl`` (this
+    session's and earlier ones')."""
+    return [
+        f"{record['epoch']}: {record['bbox']['AP']:.3f} / {record['segm']['AP']:.3f}"
+        for record in epoch_records(run_dir)
+        if record.get("segm")
+    ]
 
 
 def print_summary(run: Run, last_epoch: dict[str, Any] | None, seconds: float) -> None:
@@ -96,7 +95,7 @@ def print_summary(run: Run, last_epoch: dict[str, Any] | None, seconds: float) -
     if (out / "best.pth").is_file():
         print(f"  {out / 'best.pth'}       the model with the best segm AP (no optimizer state)")
     print(f"  TensorBoard: tensorboard --logdir {out}")
-    history = _ap_history(out / "metrics.jsonl")
+    history = _ap_history(out)
     if history:
         print("Validation bbox AP / segm AP by epoch:  " + "   ".join(history))
     if run.val_set is not None and (out / "best.pth").is_file():
