@@ -19,7 +19,7 @@ import torch
 from .config import REFERENCE_BATCH, REFERENCE_LR, TrainConfig, fixed_fields
 from .fnoise import F_NOISE_DISTRIBUTIONS, F_NOISE_MODES, F_NOISE_PRESETS, F_NOISE_SCHEDULES, FNoiseConfig
 from .io.checkpoint import CheckpointError, load_checkpoint
-from .models import ARCHITECTURES, NORMS
+from .models import ARCHITECTURES, BODY_LEVELS, NORMS
 from .recipes import RECIPE_HELP, RECIPES, recipe_defaults
 
 __all__ = ["build_parser", "parse", "parse_f_noise_std", "Parsed"]
@@ -243,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--f-noise-levels",
         nargs="+",
         metavar="LEVEL",
-        help="body outputs to perturb (resnet50: 0 1 2 3; mobilenet_v3: 0 1); default all",
+        help="body outputs to perturb ("
+        + "; ".join(f"{arch}: {' '.join(levels)}" for arch, levels in BODY_LEVELS.items())
+        + "); default all",
     )
 
     opt = parser.add_argument_group("optimisation")
@@ -443,8 +445,11 @@ class Parsed:
         self.resumed = resumed
 
 
-def _saved_config(parser: argparse.ArgumentParser, output_dir: str | None) -> dict[str, Any]:
-    """The checkpoint of the run to resume (read here, once), or an argparse error."""
+def _resume_from(
+    parser: argparse.ArgumentParser, output_dir: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint of the run to resume (read here, once) and its saved configuration as flags; an
+    argparse error when either is missing or unreadable."""
     if not output_dir:
         parser.error("--resume needs --output-dir (the run to continue)")
     last = Path(output_dir) / "last.pth"
@@ -457,7 +462,10 @@ def _saved_config(parser: argparse.ArgumentParser, output_dir: str | None) -> di
     saved = checkpoint.get("config") or checkpoint.get("args")
     if not isinstance(saved, dict):
         parser.error(f"--resume: {last} holds no training configuration")
-    return checkpoint
+    try:
+        return checkpoint, TrainConfig.read(saved).flags()
+    except (TypeError, ValueError) as exc:
+        parser.error(f"--resume: {last} holds an unreadable training configuration ({exc})")
 
 
 def parse(argv: Sequence[str] | None = None, world_size: int = 1) -> Parsed:
@@ -476,9 +484,7 @@ def parse(argv: Sequence[str] | None = None, world_size: int = 1) -> Parsed:
         parser.set_defaults(**{k: v for k, v in preset.flags().items() if k.startswith("f_noise")})
     resumed, saved = None, {}
     if pre.resume:
-        resumed = _saved_config(parser, pre.output_dir)
-        saved_config = resumed.get("config") or resumed["args"]
-        saved = TrainConfig.read(saved_config).flags()
+        resumed, saved = _resume_from(parser, pre.output_dir)
         parser.set_defaults(
             **{k: v for k, v in saved.items() if k not in ("resume", "test_only", "output_dir")}
         )
@@ -496,16 +502,12 @@ def parse(argv: Sequence[str] | None = None, world_size: int = 1) -> Parsed:
     return Parsed(config, resumed)
 
 
-#: The body outputs F-Noise can perturb, per architecture.
-_LEVELS = {"resnet50": ("0", "1", "2", "3"), "mobilenet_v3": ("0", "1")}
-
-
 def _check_levels(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``--f-noise-levels`` and per-level ``--f-noise-std`` name levels of the chosen architecture."""
     std = args.f_noise_std
     named = [("--f-noise-levels", level) for level in args.f_noise_levels or ()]
     named += [("--f-noise-std", level) for level in std] if isinstance(std, dict) else []
-    allowed = _LEVELS.get(args.model, ())
+    allowed = BODY_LEVELS.get(args.model, ())
     for flag, level in named:
         if level not in allowed:
             parser.error(

@@ -40,6 +40,7 @@ from .io.checkpoint import load_state_dict_file
 
 __all__ = [
     "ARCHITECTURES",
+    "BODY_LEVELS",
     "NORMS",
     "maskrcnn_resnet50_fpn",
     "maskrcnn_mobilenet_v3_large_fpn",
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 ARCHITECTURES = ("resnet50", "mobilenet_v3")
+#: The backbone body's outputs per architecture: the level names F-Noise can perturb (C2..C5 of the ResNet).
+BODY_LEVELS: dict[str, tuple[str, ...]] = {"resnet50": ("0", "1", "2", "3"), "mobilenet_v3": ("0", "1")}
 #: Normalisation choices. ``bn``: BatchNorm (torchvision's default from scratch); ``frozen_bn``: frozen
 #: BatchNorm (its default with pretrained weights); ``gn``: GroupNorm(32) in the backbone, FPN, a 4conv1fc box
 #: head and the mask head (the from-scratch recipe of He et al. 2018); ``syncbn``: BatchNorm that the trainer
