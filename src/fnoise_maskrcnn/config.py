@@ -193,9 +193,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able nested values: ``{"data": {...}, "model": {..., "f_noise": {...}}, ...}``."""
-        return {name: _plain(dataclasses.asdict(getattr(self, name))) for name in _SECTIONS} | {
-            "model": {**_plain(dataclasses.asdict(self.model)), "f_noise": self.model.f_noise.to_dict()}
-        }
+        out = {name: _plain(dataclasses.asdict(getattr(self, name))) for name in _SECTIONS}
+        out["model"]["f_noise"] = self.model.f_noise.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
@@ -203,7 +203,7 @@ class TrainConfig:
         sections: dict[str, Any] = {}
         for name, section in _SECTIONS.items():
             raw = dict(values.get(name) or {})
-            known = {f.name: f for f in fields(section)}
+            known = {f.name for f in fields(section)}
             kept = {k: _typed(v) for k, v in raw.items() if k in known}
             if name == "model" and "f_noise" in raw:
                 kept["f_noise"] = FNoiseConfig.from_dict(raw["f_noise"])

@@ -115,13 +115,8 @@ class FNoise(nn.Module):
             std = max(level_std.values())
         else:
             std = _check_std(std)
-        if mode not in F_NOISE_MODES:
-            raise ValueError(f"f_noise mode must be one of {', '.join(F_NOISE_MODES)}; got {mode!r}")
-        if distribution not in F_NOISE_DISTRIBUTIONS:
-            raise ValueError(
-                f"f_noise distribution must be one of {', '.join(F_NOISE_DISTRIBUTIONS)}; "
-                f"got {distribution!r}"
-            )
+        _check_choice("mode", mode, F_NOISE_MODES)
+        _check_choice("distribution", distribution, F_NOISE_DISTRIBUTIONS)
         if levels is not None:
             if isinstance(levels, str):
                 raise ValueError(
@@ -276,6 +271,12 @@ def noise_to_signal(x: Tensor, perturbation: Tensor) -> float:
     return float(torch.linalg.vector_norm(perturbation.float()) / norm.clamp_min(1e-12))
 
 
+def _check_choice(setting: str, value: object, allowed: Sequence[str]) -> None:
+    """The one-line error for an F-Noise setting outside its choices (mode, distribution, schedule)."""
+    if value not in allowed:
+        raise ValueError(f"f_noise {setting} must be one of {', '.join(allowed)}; got {value!r}")
+
+
 def _check_std(value: object) -> float:
     if (
         isinstance(value, bool)
@@ -311,10 +312,7 @@ class FNoiseSchedule:
     warmup_iters: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in F_NOISE_SCHEDULES:
-            raise ValueError(
-                f"f_noise schedule must be one of {', '.join(F_NOISE_SCHEDULES)}; got {self.kind!r}"
-            )
+        _check_choice("schedule", self.kind, F_NOISE_SCHEDULES)
         if self.kind == "step" and not self.step_epochs:
             raise ValueError("the step f_noise schedule needs the epochs at which sigma steps")
         if not (math.isfinite(self.end_factor) and self.end_factor >= 0):
@@ -384,20 +382,12 @@ class FNoiseConfig:
                     f"f_noise levels must be a non-empty list of level names, got {self.levels!r}"
                 )
             object.__setattr__(self, "levels", tuple(str(level) for level in self.levels))
-        if self.mode not in F_NOISE_MODES:
-            raise ValueError(f"f_noise mode must be one of {', '.join(F_NOISE_MODES)}; got {self.mode!r}")
-        if self.distribution not in F_NOISE_DISTRIBUTIONS:
-            raise ValueError(
-                f"f_noise distribution must be one of {', '.join(F_NOISE_DISTRIBUTIONS)}; "
-                f"got {self.distribution!r}"
-            )
+        _check_choice("mode", self.mode, F_NOISE_MODES)
+        _check_choice("distribution", self.distribution, F_NOISE_DISTRIBUTIONS)
         self._check_schedule()
 
     def _check_schedule(self) -> None:
-        if self.schedule not in F_NOISE_SCHEDULES:
-            raise ValueError(
-                f"f_noise schedule must be one of {', '.join(F_NOISE_SCHEDULES)}; got {self.schedule!r}"
-            )
+        _check_choice("schedule", self.schedule, F_NOISE_SCHEDULES)
         if self.std_end is not None:
             object.__setattr__(self, "std_end", _check_std(self.std_end))
             if self.std_end > 0 and self.base_std == 0:

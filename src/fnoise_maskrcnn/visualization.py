@@ -32,7 +32,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from .fnoise import F_NOISE_MODES, FNoise, noise_to_signal
+from .fnoise import F_NOISE_MODES, FNoise, _check_choice, noise_to_signal
 from .io.atomic import atomic_path
 
 __all__ = [
@@ -174,8 +174,7 @@ def fnoise_perturbation(
     if std is not None:
         overrides.update(std=float(std), level_std={})
     if mode is not None:
-        if mode not in F_NOISE_MODES:
-            raise ValueError(f"f_noise mode must be one of {', '.join(F_NOISE_MODES)}; got {mode!r}")
+        _check_choice("mode", mode, F_NOISE_MODES)
         overrides["mode"] = mode
     if levels is not None:
         overrides["levels"] = [str(level) for level in levels]
