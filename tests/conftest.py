@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,3 +51,12 @@ def write_fake_python(directory: Path, script: str) -> str:
     path.write_text(f"#!{sys.executable}\n{script}")
     path.chmod(0o755)
     return str(path)
+
+
+def write_images_only_coco(path: Path, names: list[str], width: int = 16, height: int = 12) -> Path:
+    """A COCO annotation file listing ``names`` (all ``width x height``), one category, no annotations."""
+    images = [{"id": i, "file_name": n, "width": width, "height": height} for i, n in enumerate(names, 1)]
+    path.write_text(
+        json.dumps({"images": images, "annotations": [], "categories": [{"id": 1, "name": "thing"}]})
+    )
+    return path

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import SequentialSampler
 
+from conftest import write_images_only_coco
 from fnoise_maskrcnn.data import (
     CocoInstances,
     DatasetError,
@@ -135,18 +136,7 @@ def test_corrupt_image_is_one_line_error_also_from_a_worker(tmp_path, workers):
     for name in names:
         Image.new("RGB", (16, 12), (200, 100, 50)).save(images / name)
     (images / "c.jpg").write_bytes((images / "c.jpg").read_bytes()[:30])  # a JPEG cut after its header
-    ann_file = tmp_path / "ann.json"
-    ann_file.write_text(
-        json.dumps(
-            {
-                "images": [
-                    {"id": i, "file_name": n, "width": 16, "height": 12} for i, n in enumerate(names, start=1)
-                ],
-                "annotations": [],
-                "categories": [{"id": 1, "name": "thing"}],
-            }
-        )
-    )
+    ann_file = write_images_only_coco(tmp_path / "ann.json", names)
     ds = CocoInstances(images, ann_file)
     loader = build_dataloader(ds, batch_size=1, train=False, workers=workers, pin_memory=False)
     assert loader.dataset.coco is ds.coco and len(loader.dataset) == 4  # the dataset's attributes stay

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import write_images_only_coco
 from fnoise_maskrcnn.data import (
     CocoInstances,
     DatasetError,
@@ -326,18 +327,7 @@ def test_validate_notes_high_bit_depth_images_from_their_header(tmp_path, capsys
     Image.new("RGB", (16, 12)).save(images / "plain.png")
     assert Image.open(images / "deep.png").mode == "I;16"
     names = ["plain.png", "deep.png", "other.tif"]
-    ann_file = tmp_path / "ann.json"
-    ann_file.write_text(
-        json.dumps(
-            {
-                "images": [
-                    {"id": i, "file_name": n, "width": 16, "height": 12} for i, n in enumerate(names, start=1)
-                ],
-                "annotations": [],
-                "categories": [{"id": 1, "name": "x"}],
-            }
-        )
-    )
+    ann_file = write_images_only_coco(tmp_path / "ann.json", names)
     note = (
         f"note: {images}: 2 images with 16-bit, 32-bit integer or float pixels, converted to 8-bit by "
         f"scaling (first: {images / 'deep.png'}, mode I;16)"
