@@ -12,6 +12,9 @@ reported. Variants:
 - ``naive_hook``: stock with a forward hook on ``backbone.body`` returning
   ``x + sigma * |x| * randn_like(x)`` for every level (the textbook form of elementwise F-Noise).
 
+F-Noise alone also times ``textbook_<mode>``: the pooled modes written op by op for autograd, the form
+``FNoise`` used before its fused backward.
+
 A second measurement times F-Noise alone (forward + backward on the body's real feature maps for the
 batch), which is far less noisy than the difference of two whole steps, and ``--profile`` breaks the
 naive form and ours down by operator with ``torch.profiler``.
@@ -27,6 +30,7 @@ import argparse
 import copy
 import datetime
 import json
+import math
 import platform
 import statistics
 import sys
@@ -40,6 +44,7 @@ from torch import Tensor, nn
 
 from _results import write_result
 from fnoise_maskrcnn import F_NOISE_MODES, FNoise, maskrcnn_resnet50_fpn
+from fnoise_maskrcnn.study.stats import t975
 
 SIGMA = 0.1
 VARIANTS = ("stock", "off", *(f"{mode}_all" for mode in F_NOISE_MODES), "elementwise_c5", "naive_hook")
@@ -48,6 +53,26 @@ VARIANTS = ("stock", "off", *(f"{mode}_all" for mode in F_NOISE_MODES), "element
 def naive_f_noise(features: dict[str, Tensor], sigma: float = SIGMA) -> dict[str, Tensor]:
     """The direct transcription of elementwise F-Noise: ``x + sigma * |x| * eps`` on every level."""
     return OrderedDict((name, x + sigma * x.abs() * torch.randn_like(x)) for name, x in features.items())
+
+
+def textbook_pooled(mode: str, sigma: float = SIGMA) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
+    """A pooled mode written op by op, ``x + sigma * m(x) * eps``, for autograd to differentiate: the form
+    ``FNoise`` used before its fused backward (the reference for that saving)."""
+
+    def magnitude(x: Tensor) -> Tensor:
+        if mode == "channel":
+            return x.abs().mean(dim=(2, 3), keepdim=True)
+        if mode == "sample":
+            return torch.linalg.vector_norm(x, dim=(1, 2, 3), keepdim=True) / x[0].numel() ** 0.5
+        return x.abs().mean()
+
+    def perturb(features: dict[str, Tensor]) -> dict[str, Tensor]:
+        return OrderedDict(
+            (name, torch.addcmul(x, magnitude(x), torch.randn_like(x), value=sigma))
+            for name, x in features.items()
+        )
+
+    return perturb
 
 
 def make_batch(size: int, batch_size: int, num_classes: int, device: torch.device):
@@ -100,6 +125,18 @@ def build_variants(size: int, num_classes: int, device: torch.device) -> dict[st
     variants["elementwise_c5"] = ours_with(SIGMA, "elementwise", ["3"])
     variants["naive_hook"] = lambda: hooked
     return variants
+
+
+def paired_interval(paired: Sequence[float]) -> dict[str, float | list[float]]:
+    """Geometric mean of per-round ratios with its 95 % t interval (on log ratios); needs 2+ rounds."""
+    if len(paired) < 2:
+        return {}
+    logs = [math.log(r) for r in paired]
+    mean, half = statistics.mean(logs), t975(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return {
+        "geometric_mean_of_paired": round(math.exp(mean), 4),
+        "ci95": [round(math.exp(mean - half), 4), round(math.exp(mean + half), 4)],
+    }
 
 
 def synchronize(device: torch.device) -> None:
@@ -158,6 +195,8 @@ def f_noise_alone(features: dict[str, Tensor]) -> dict[str, Callable[[], None]]:
     for mode in F_NOISE_MODES:
         jobs[f"{mode}_all"] = run(FNoise(SIGMA, mode).train())
     jobs["elementwise_c5"] = run(FNoise(SIGMA, "elementwise", ["3"]).train())
+    for mode in ("channel", "sample", "tensor"):
+        jobs[f"textbook_{mode}"] = run(textbook_pooled(mode))
     jobs["randn_only"] = lambda: [torch.randn_like(v) for v in leaves.values()]
     return jobs
 
@@ -242,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratios[f"{name}/{reference}"] = {
             "median_of_paired": round(statistics.median(paired), 4),
             "of_medians": round(medians[name] / medians[reference], 4),
+            **paired_interval(paired),
         }
     reference_ms = medians.get("off", medians.get("stock"))
     result = {

@@ -149,6 +149,43 @@ def test_gradient_flows_through_the_magnitude(mode):
     assert (grad - 1).abs().min() > 0
 
 
+def _reference_magnitude(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """m(x) as the docstring defines it, written out op by op."""
+    if mode == "channel":
+        return x.abs().mean(dim=(2, 3), keepdim=True)
+    if mode == "sample":  # the L2 norm / sqrt(C H W); autograd's vector_norm takes the subgradient 0 at 0
+        return torch.linalg.vector_norm(x, dim=(1, 2, 3), keepdim=True) / (x[0].numel() ** 0.5)
+    return x.abs().mean()
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "uniform"])
+@pytest.mark.parametrize("mode", ["channel", "sample", "tensor"])
+def test_pooled_modes_match_the_formula_and_its_autograd_gradient(mode, distribution):
+    # ReLU outputs, as the body gives them: many exact zeros, where |x| has the subgradient 0.
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64).relu_()
+    x[1] = 0.0  # an all-zero sample: m = 0 in every mode but tensor
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    upstream = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    module = FNoise(0.3, mode, distribution=distribution, generator=torch.Generator().manual_seed(5)).train()
+    y = module(x)
+    (grad,) = torch.autograd.grad(y, x, upstream)
+
+    generator = torch.Generator().manual_seed(5)
+    eps = torch.empty_like(x)
+    eps = (
+        eps.normal_(generator=generator)
+        if distribution == "gaussian"
+        else eps.uniform_(-(3**0.5), 3**0.5, generator=generator)
+    )
+    leaf = x.detach().clone().requires_grad_()
+    magnitude = _reference_magnitude(leaf, mode)
+    expected_y = leaf + 0.3 * magnitude * eps
+    (expected_grad,) = torch.autograd.grad(expected_y, leaf, upstream)
+    torch.testing.assert_close(y.detach(), expected_y.detach())
+    torch.testing.assert_close(grad, expected_grad)
+    assert torch.isfinite(grad).all() and not torch.equal(grad, upstream)
+
+
 def test_gradients_reach_the_inputs_of_every_level():
     features = OrderedDict((k, v.requires_grad_()) for k, v in feature_dict().items())
     out = FNoise(SIGMA, "sample").train()(features)

@@ -58,7 +58,10 @@ class FNoise(nn.Module):
           ``seed-report-001``).
 
         Gradients flow through ``m(x)``: ``y`` is differentiated as written. For ``"elementwise"`` this
-        gives the Gaussian-dropout gradient ``dy/dx = 1 + sigma * sign(x) * eps``.
+        gives the Gaussian-dropout gradient ``dy/dx = 1 + sigma * sign(x) * eps``. The pooled modes
+        (channel, sample, tensor) use a hand-written backward with the gradient autograd would give
+        (:class:`_PooledNoise`), which makes fewer full-size passes; TorchScript runs the same forward
+        and lets autograd differentiate it.
 
         In eval mode, or when ``std == 0``, the input object itself is returned: no copy, no random
         numbers drawn. The module has no parameters or buffers, so it adds nothing to a ``state_dict``.
@@ -200,18 +203,14 @@ class FNoise(nn.Module):
                 plane.normal_(0.0, 1.0, generator=self.generator)
             y = x + (x.mean() + std * plane)
         else:
-            if self.mode == "channel":
-                magnitude = x.abs().mean(dim=(2, 3), keepdim=True)
-            elif self.mode == "sample":
-                numel = x.shape[1] * x.shape[2] * x.shape[3]
-                magnitude = torch.linalg.vector_norm(x, dim=(1, 2, 3), keepdim=True) / math.sqrt(numel)
-            else:
-                magnitude = x.abs().mean()
             if uniform:
                 eps = torch.empty_like(x).uniform_(-math.sqrt(3.0), math.sqrt(3.0), generator=self.generator)
             else:
                 eps = torch.empty_like(x).normal_(0.0, 1.0, generator=self.generator)
-            y = torch.addcmul(x, magnitude, eps, value=std)
+            if torch.jit.is_scripting() or not x.requires_grad:
+                y = _pooled_noise(x, eps, std, self.mode)
+            else:
+                y = _pooled_noise_fused(x, eps, std, self.mode)
         if self.record:
             self.recorded_inputs[name] = x.detach()
             self.recorded_perturbations[name] = (y - x).detach()
@@ -262,6 +261,67 @@ class FNoise(nn.Module):
         levels = "all" if self.levels is None else ",".join(self.levels)
         std = self.level_std if self.level_std else self.std
         return f"std={std}, mode={self.mode}, distribution={self.distribution}, levels={levels}"
+
+
+def _magnitude(x: Tensor, mode: str) -> Tensor:
+    """``m(x)`` of a pooled mode for ``x: [N, C, H, W]``: ``[N, C, 1, 1]`` (channel), ``[N, 1, 1, 1]``
+    (sample) or a scalar (tensor). One fused reduction each (``vector_norm``, no ``|x|`` temporary)."""
+    n, c, h, w = x.shape
+    if mode == "channel":
+        return torch.linalg.vector_norm(x, 1.0, dim=(2, 3), keepdim=True) / (h * w)
+    if mode == "sample":
+        return torch.linalg.vector_norm(x, 2.0, dim=(1, 2, 3), keepdim=True) / math.sqrt(c * h * w)
+    return torch.linalg.vector_norm(x, 1.0) / x.numel()
+
+
+def _pooled_noise(x: Tensor, eps: Tensor, std: float, mode: str) -> Tensor:
+    """``x + std * m(x) * eps`` for the pooled modes, differentiated by autograd op by op."""
+    return torch.addcmul(x, _magnitude(x, mode), eps, value=std)
+
+
+class _PooledNoise(torch.autograd.Function):
+    """:func:`_pooled_noise` with a hand-written backward; the same forward ops, so the same output.
+
+    ``dL/dx = g + std * dm/dx * sum(g * eps)`` with the sum over the pooled dimensions, taken as a batched
+    dot product, and ``dm/dx`` equal to ``sign(x) / (H * W)`` (channel), ``x / (m * C * H * W)`` (sample,
+    0 where ``m = 0``) or ``sign(x) / numel`` (tensor): the subgradients autograd uses for ``vector_norm``.
+    Autograd's graph of the same formula writes four full-size temporaries in backward (``g * eps``,
+    ``sign(x)``, its product with the expanded sum, the accumulation with ``g``); this writes two (``sign``
+    and the result, in place) and reads ``g`` and ``eps`` once in a BLAS dot product. It saves the same
+    tensors as autograd would (``x``, ``eps``, ``m``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, eps: Tensor, std: float, mode: str) -> Tensor:
+        magnitude = _magnitude(x, mode)
+        ctx.save_for_backward(x, eps, magnitude)
+        ctx.std, ctx.mode = std, mode
+        return torch.addcmul(x, magnitude, eps, value=std)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        x, eps, magnitude = ctx.saved_tensors
+        std, mode = ctx.std, ctx.mode
+        n, c, h, w = x.shape
+        # sum(g * eps) per (sample, channel) as N*C dot products (enough rows for every thread), then
+        # summed over the pooled dimensions.
+        dot = torch.bmm(grad.reshape(n * c, 1, h * w), eps.reshape(n * c, h * w, 1)).view(n, c, 1, 1)
+        if mode == "sample":
+            dot = dot.sum(dim=1, keepdim=True)
+        elif mode == "tensor":
+            dot = dot.sum()
+        per_row = x.numel() // dot.numel()
+        if mode == "sample":
+            coefficient = torch.where(magnitude > 0, dot * std / (magnitude * per_row), 0.0)
+            return torch.addcmul(grad, x, coefficient), None, None, None
+        out = torch.sign(x)
+        return torch.addcmul(grad, out, dot * (std / per_row), out=out), None, None, None
+
+
+@torch.jit.unused
+def _pooled_noise_fused(x: Tensor, eps: Tensor, std: float, mode: str) -> Tensor:
+    """:class:`_PooledNoise` (not scriptable: TorchScript runs :func:`_pooled_noise`, the same forward)."""
+    return _PooledNoise.apply(x, eps, std, mode)
 
 
 def noise_to_signal(x: Tensor, perturbation: Tensor) -> float:
