@@ -32,6 +32,11 @@ import datetime
 import json
 import math
 import platform
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 import statistics
 import sys
 import time
@@ -44,6 +49,7 @@ from torch import Tensor, nn
 
 from _results import write_result
 from fnoise_maskrcnn import F_NOISE_MODES, FNoise, maskrcnn_resnet50_fpn
+from fnoise_maskrcnn.engine.allocator import ALLOCATOR_CHOICES, keep_freed_memory
 from fnoise_maskrcnn.study.stats import t975
 
 SIGMA = 0.1
@@ -151,24 +157,32 @@ def train_step(model: nn.Module, images, targets) -> None:
     model.zero_grad(set_to_none=True)
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is missing)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
+
+
 def time_steps(
     variants, names: list[str], images, targets, rounds: int, warmup: int, device
-) -> dict[str, list[float]]:
+) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """Step times (s) and minor page faults per variant, per timed round."""
     times: dict[str, list[float]] = {name: [] for name in names}
+    faults: dict[str, list[int]] = {name: [] for name in names}
     for r in range(warmup + rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             model = variants[name]()
             synchronize(device)
-            start = time.perf_counter()
+            faults_before, start = minor_faults(), time.perf_counter()
             train_step(model, images, targets)
             synchronize(device)
             if r >= warmup:
                 times[name].append(time.perf_counter() - start)
+                faults[name].append(minor_faults() - faults_before)
         if r >= warmup:  # progress on stderr, so that an interrupted run still leaves its rounds
             latest = {name: round(1e3 * t[-1], 1) for name, t in times.items()}
             print(json.dumps({"round": r - warmup, "step_ms": latest}), file=sys.stderr, flush=True)
-    return times
+    return times, faults
 
 
 def body_features(model: nn.Module, images) -> dict[str, Tensor]:
@@ -252,6 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile-steps", type=int, default=0, help="profile F-Noise alone over N calls (default 0: off)"
     )
     parser.add_argument("--num-classes", type=int, default=5)
+    parser.add_argument(
+        "--cpu-allocator",
+        choices=ALLOCATOR_CHOICES,
+        default="system",
+        help="keep: glibc malloc keeps freed memory, as train does by default (default: system)",
+    )
     args = parser.parse_args(argv)
     if args.size < 64 or args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or args.micro_repeats < 1:
         parser.error("--size must be >= 64; --batch-size, --repeats and --micro-repeats >= 1; --warmup >= 0")
@@ -260,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--device cuda: no CUDA device available")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    allocator = "keep" if args.cpu_allocator == "keep" and keep_freed_memory() else "system"
 
     images, targets = make_batch(args.size, args.batch_size, args.num_classes, device)
     variants = build_variants(args.size, args.num_classes, device)
@@ -268,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     jobs = f_noise_alone(features)
     alone_ms = time_jobs(jobs, args.micro_repeats, device)
-    step_times = time_steps(variants, names, images, targets, args.repeats, args.warmup, device)
+    step_times, step_faults = time_steps(variants, names, images, targets, args.repeats, args.warmup, device)
 
     medians = {name: 1e3 * statistics.median(t) for name, t in step_times.items()}
     base = {name: "off" if name not in ("stock", "off", "naive_hook") else "stock" for name in names}
@@ -297,9 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "torchvision": torchvision.__version__,
             "machine": platform.processor() or platform.machine(),
             "sigma": SIGMA,
+            "cpu_allocator": allocator,
             "feature_elements": sum(v.numel() for v in features.values()),
         },
         "step_ms_median": {k: round(v, 1) for k, v in medians.items()},
+        "step_minor_page_faults_median": {k: int(statistics.median(v)) for k, v in step_faults.items()},
         "ratios": ratios,
         "f_noise_alone_ms": {k: round(v, 2) for k, v in alone_ms.items()},
         "f_noise_alone_over_step": (

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .config import REFERENCE_BATCH, REFERENCE_LR, TrainConfig, fixed_fields
+from .engine.allocator import ALLOCATOR_CHOICES
 from .fnoise import F_NOISE_DISTRIBUTIONS, F_NOISE_MODES, F_NOISE_PRESETS, F_NOISE_SCHEDULES, FNoiseConfig
 from .io.checkpoint import CheckpointError, load_checkpoint
 from .models import ARCHITECTURES, BODY_LEVELS, NORMS
@@ -293,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     run.add_argument("--workers", type=int, default=2, help="data-loading processes per training process")
     run.add_argument("--threads", type=int, help="CPU threads per training process (default: torch's choice)")
+    run.add_argument(
+        "--cpu-allocator",
+        choices=ALLOCATOR_CHOICES,
+        default="keep",
+        help="keep (default): glibc malloc reuses freed memory instead of mapping fresh pages for every "
+        "large tensor (no page faults after the first step; resident memory stays at its peak); "
+        "system: the C library's defaults",
+    )
     run.add_argument(
         "--seed",
         type=int,

@@ -139,6 +139,7 @@ class RunConfig:
     print_freq: int = 20
     visualize_every: int = 0
     checkpoint_every: int = 0
+    cpu_allocator: str = "keep"
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "run": RunConfig}

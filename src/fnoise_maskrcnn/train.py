@@ -34,6 +34,7 @@ from .arguments import build_parser, parse
 from .config import TrainConfig
 from .data import DatasetError
 from .engine import Hook, NonFiniteLossError, StopSignal, TrainingInterrupted, default_hooks
+from .engine.allocator import keep_freed_memory
 from .engine.loop import finish_pending_epoch, train_epochs
 from .engine.run import Run, UserError, lock_output_dir, set_deterministic
 from .engine.summary import config_lines, print_summary, run_facts
@@ -146,6 +147,8 @@ def main(argv: Sequence[str] | None = None, extra_hooks: Sequence[Hook] = ()) ->
     set_deterministic(config.run.deterministic)
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
+    if config.run.cpu_allocator == "keep":
+        keep_freed_memory()
     try:
         return _run(config, parsed.resumed, extra_hooks)
     except (UserError, DatasetError, CheckpointError, AtomicWriteError) as exc:
