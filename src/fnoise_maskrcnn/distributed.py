@@ -22,6 +22,7 @@ __all__ = [
     "all_gather_objects",
     "barrier",
     "cleanup",
+    "unwrap",
 ]
 
 
@@ -41,6 +42,12 @@ class DistributedContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a ``DistributedDataParallel``/``DataParallel`` wrapper, or the model itself."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
 
 
 def init_distributed(device: str | None) -> DistributedContext:

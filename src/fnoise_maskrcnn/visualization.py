@@ -32,6 +32,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from .distributed import unwrap
 from .fnoise import F_NOISE_MODES, FNoise, _check_choice, noise_to_signal
 from .io.atomic import atomic_path
 
@@ -94,12 +95,6 @@ class FNoisePicture:
     seed: int
     note: str = ""
     distribution: str = "gaussian"
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a ``DistributedDataParallel``/``DataParallel`` wrapper, or the model itself."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return model.module if isinstance(model, wrappers) else model
 
 
 def backbone_f_noise(model: nn.Module) -> FNoise:
@@ -167,7 +162,7 @@ def fnoise_perturbation(
     """
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be a [3, H, W] tensor, got shape {list(image.shape)}")
-    model = _unwrap(model)
+    model = unwrap(model)
     f_noise = backbone_f_noise(model)
     device = next(model.parameters()).device
     overrides: dict[str, Any] = {"record": False, "generator": f_noise.generator, "scale": f_noise.scale}

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
+
+from ..distributed import unwrap
 
 __all__ = [
     "LOSS_NAMES",
@@ -263,10 +265,6 @@ def peak_memory_mb(device: torch.device) -> tuple[str, float]:
     if device.type == "cuda":
         return "max mem", torch.cuda.max_memory_allocated(device) / 2**20
     return "max rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def to_device(
