@@ -22,7 +22,7 @@ import io
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,21 @@ class _CocoSource(CocoDetection):
         return self.train_anns.get(id, [])
 
 
+def _training_annotations(
+    usable: Mapping[int, list[dict]], label_of: Mapping[int, int]
+) -> dict[int, list[dict]]:
+    """The usable annotations of the kept categories per image id (images without any left out), with the
+    contiguous label in ``category_id``: CocoDetection's wrapper turns ``category_id`` into
+    ``target["labels"]`` as is."""
+    train_anns = {
+        image_id: [
+            {**a, "category_id": label_of[a["category_id"]]} for a in anns if a["category_id"] in label_of
+        ]
+        for image_id, anns in usable.items()
+    }
+    return {k: v for k, v in train_anns.items() if v}
+
+
 class CocoInstances(torch.utils.data.Dataset):
     """A COCO instances dataset for Mask R-CNN training and evaluation.
 
@@ -142,28 +157,11 @@ class CocoInstances(torch.utils.data.Dataset):
         self.categories = [{"id": c["id"], "name": c["name"]} for c in kept_cats]
 
         annotations = [a for a in data["annotations"] if a["category_id"] in kept_cat_ids]
-        # The usable annotations carry the contiguous label in "category_id": CocoDetection's wrapper
-        # turns category_id into target["labels"] as is.
-        train_anns = {
-            image_id: [
-                {**a, "category_id": label_of[a["category_id"]]}
-                for a in anns
-                if a["category_id"] in kept_cat_ids
-            ]
-            for image_id, anns in check.usable.items()
-        }
-        train_anns = {k: v for k, v in train_anns.items() if v}
-
-        image_ids = sorted(img["id"] for img in data["images"])
-        if categories is not None:
-            with_kept = {a["image_id"] for a in annotations}
-            image_ids = [i for i in image_ids if i in with_kept]
-        if drop_empty:
-            image_ids = [i for i in image_ids if i in train_anns]
-        if max_images is not None:
-            image_ids = image_ids[:max_images]
-        if not image_ids:
-            raise DatasetError(f"{self.ann_file}: no images left after selecting categories/non-empty images")
+        train_anns = _training_annotations(check.usable, label_of)
+        with_kept = {a["image_id"] for a in annotations} if categories is not None else None
+        image_ids = self._select_images(
+            data["images"], with_kept, train_anns if drop_empty else None, max_images
+        )
         kept_images = set(image_ids)
 
         self.skipped = Counter(
@@ -195,6 +193,26 @@ class CocoInstances(torch.utils.data.Dataset):
             ),
             target_keys=_TARGET_KEYS,
         )
+
+    def _select_images(
+        self,
+        images: list[dict],
+        with_kept_categories: set[int] | None,
+        non_empty: Mapping[int, list] | None,
+        max_images: int | None,
+    ) -> list[int]:
+        """Image ids in id order: those with a kept category (if selecting categories), with a training
+        instance (if ``drop_empty``), then the first ``max_images``."""
+        image_ids = sorted(img["id"] for img in images)
+        if with_kept_categories is not None:
+            image_ids = [i for i in image_ids if i in with_kept_categories]
+        if non_empty is not None:
+            image_ids = [i for i in image_ids if i in non_empty]
+        if max_images is not None:
+            image_ids = image_ids[:max_images]
+        if not image_ids:
+            raise DatasetError(f"{self.ann_file}: no images left after selecting categories/non-empty images")
+        return image_ids
 
     def _select_categories(self, all_categories: list[dict], names: Sequence[str] | None) -> list[dict]:
         if names is None:
