@@ -200,6 +200,38 @@ def _anchor_generator(arch: str, sizes: Sequence[int]) -> AnchorGenerator:
     return AnchorGenerator(per_level, ((0.5, 1.0, 2.0),) * len(per_level))
 
 
+def _detector_weights(
+    weights: WeightsArg, detector_enum: Any, num_classes: int | None, progress: bool
+) -> tuple[dict[str, torch.Tensor] | None, Any, int, int]:
+    """``(state_dict, weights enum, classes the weights were built with, classes wanted)``: the detector
+    weights, if any, and the class counts (torchvision's 91 with neither weights nor ``num_classes``)."""
+    state_dict, source_config, weights_enum = _load_weights(weights, detector_enum, "weights", progress)
+    target_num_classes = num_classes
+    if state_dict is not None:
+        num_classes = int(source_config.get("num_classes", _num_classes_of(state_dict)))
+        if weights_enum is not None and target_num_classes is None:
+            target_num_classes = len(weights_enum.meta["categories"])
+    elif num_classes is None:
+        num_classes = 91
+    return (
+        state_dict,
+        weights_enum,
+        num_classes,
+        num_classes if target_num_classes is None else target_num_classes,
+    )
+
+
+def _head_kwargs(arch: str, norm: str, anchor_sizes: list[int] | None) -> dict[str, Any]:
+    """MaskRCNN keyword arguments for the heads: GroupNorm heads for ``norm="gn"`` (their weights are
+    drawn here), and the RPN anchors (``anchor_sizes``, or MobileNetV3's five sizes on one level)."""
+    head_kwargs: dict[str, Any] = _gn_heads(256) if norm == "gn" else {}
+    if anchor_sizes is not None:
+        head_kwargs["rpn_anchor_generator"] = _anchor_generator(arch, anchor_sizes)
+    elif arch == "mobilenet_v3":
+        head_kwargs["rpn_anchor_generator"] = _anchor_generator(arch, [32, 64, 128, 256, 512])
+    return head_kwargs
+
+
 def _build(
     arch: str,
     *,
@@ -228,18 +260,11 @@ def _build(
     else:
         raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {arch!r}")
     model_kwargs = dict(kwargs)
-    state_dict, source_config, weights_enum = _load_weights(weights, detector_enum, "weights", progress)
-    target_num_classes = num_classes
+    state_dict, weights_enum, num_classes, target_num_classes = _detector_weights(
+        weights, detector_enum, num_classes, progress
+    )
     if state_dict is not None:
         weights_backbone = None
-        num_classes = int(source_config.get("num_classes", _num_classes_of(state_dict)))
-        if weights_enum is not None and target_num_classes is None:
-            target_num_classes = len(weights_enum.meta["categories"])
-    elif num_classes is None:
-        num_classes = 91
-    if target_num_classes is None:
-        target_num_classes = num_classes
-
     backbone_state, _, backbone_weights_enum = _load_weights(
         weights_backbone, backbone_enum, "weights_backbone", progress
     )
@@ -253,16 +278,13 @@ def _build(
     norm = _resolve_norm(norm, frozen_batchnorm, is_trained)
     norm_layer = {"frozen_bn": misc_nn_ops.FrozenBatchNorm2d, "gn": group_norm}.get(norm, nn.BatchNorm2d)
     fpn_norm = group_norm if norm == "gn" else None
-    head_kwargs: dict[str, Any] = _gn_heads(256) if norm == "gn" else {}
     if anchor_sizes is not None:
         anchor_sizes = [int(size) for size in anchor_sizes]
-        head_kwargs["rpn_anchor_generator"] = _anchor_generator(arch, anchor_sizes)
+    head_kwargs = _head_kwargs(arch, norm, anchor_sizes)  # before the backbone: the RNG order is fixed
 
     backbone = _backbone(
         arch, norm_layer, fpn_norm, backbone_state, trainable_backbone_layers, progress, f_noise
     )
-    if arch == "mobilenet_v3":
-        head_kwargs.setdefault("rpn_anchor_generator", _anchor_generator(arch, [32, 64, 128, 256, 512]))
     model = MaskRCNN(backbone, num_classes=num_classes, **head_kwargs, **model_kwargs)
 
     if norm == "gn":
