@@ -165,15 +165,7 @@ def fnoise_perturbation(
     model = unwrap(model)
     f_noise = backbone_f_noise(model)
     device = next(model.parameters()).device
-    overrides: dict[str, Any] = {"record": False, "generator": f_noise.generator, "scale": f_noise.scale}
-    if std is not None:
-        overrides.update(std=float(std), level_std={})
-    if mode is not None:
-        _check_choice("mode", mode, F_NOISE_MODES)
-        overrides["mode"] = mode
-    if levels is not None:
-        overrides["levels"] = [str(level) for level in levels]
-    with _modes_preserved(model), f_noise.overridden(**overrides):
+    with _modes_preserved(model), f_noise.overridden(**_overrides(f_noise, std, mode, levels)):
         model.eval()
         images, _ = model.transform([image.to(device=device, dtype=torch.float32)])
         features = model.backbone.body(images.tensors)
@@ -196,17 +188,56 @@ def fnoise_perturbation(
                     _level_picture(name, sources.get(name, name), clean, perturbed[name], level_h, level_w)
                 )
 
-        mean = torch.as_tensor(model.transform.image_mean, device=device).view(3, 1, 1)
-        scale = torch.as_tensor(model.transform.image_std, device=device).view(3, 1, 1)
-        shown = (images.tensors[0, :, :height, :width] * scale + mean).clamp(0, 1).float().cpu()
+        shown = _unnormalized(model, images.tensors[0, :, :height, :width])
         sigma = max(f_noise.std_for(level.name) for level in pictures[True]) if pictures[True] else 0.0
         return FNoisePicture(
             shown, pictures[True], pictures[False], sigma, f_noise.mode, seed, note, f_noise.distribution
         )
 
 
+def _overrides(
+    f_noise: FNoise, std: float | None, mode: str | None, levels: Sequence[str] | None
+) -> dict[str, Any]:
+    """The :meth:`FNoise.overridden` settings for a picture: no recording, the module's own generator
+    and schedule scale, and the caller's ``std``/``mode``/``levels`` where given."""
+    overrides: dict[str, Any] = {"record": False, "generator": f_noise.generator, "scale": f_noise.scale}
+    if std is not None:
+        overrides.update(std=float(std), level_std={})
+    if mode is not None:
+        _check_choice("mode", mode, F_NOISE_MODES)
+        overrides["mode"] = mode
+    if levels is not None:
+        overrides["levels"] = [str(level) for level in levels]
+    return overrides
+
+
+def _unnormalized(model: nn.Module, image: Tensor) -> Tensor:
+    """The transform's normalized ``[3, H, W]`` image back in ``[0, 1]``, float32 on the CPU."""
+    mean = torch.as_tensor(model.transform.image_mean, device=image.device).view(3, 1, 1)
+    scale = torch.as_tensor(model.transform.image_std, device=image.device).view(3, 1, 1)
+    return (image * scale + mean).clamp(0, 1).float().cpu()
+
+
 def _row_label(phase: str, level: LevelPicture) -> str:
     return f"{phase} mode\nlevel {level.name} (body.{level.source})\n[C, H, W] = {list(level.shape[1:])}"
+
+
+def _maps_and_scales(
+    level: LevelPicture, reference: LevelPicture
+) -> tuple[tuple[Tensor, float, float, str], ...]:
+    """``(map, vmin, vmax, colormap)`` for the clean, noise, perturbed and relative columns of ``level``,
+    on the colour scales of ``reference`` (the training row of the same level)."""
+    magnitude_min = min(reference.clean.min().item(), reference.perturbed.min().item())
+    magnitude_max = max(reference.clean.max().item(), reference.perturbed.max().item())
+    magnitude_max = max(magnitude_max, magnitude_min + 1e-12)
+    noise_max = max(reference.noise.max().item(), 1e-12)
+    relative_max = max(reference.relative.max().item(), 1e-12)
+    return (
+        (level.clean, magnitude_min, magnitude_max, "viridis"),
+        (level.noise, 0.0, noise_max, "magma"),
+        (level.perturbed, magnitude_min, magnitude_max, "viridis"),
+        (level.relative, 0.0, relative_max, "magma"),
+    )
 
 
 def plot_fnoise(picture: FNoisePicture) -> Figure:
@@ -240,18 +271,7 @@ def plot_fnoise(picture: FNoisePicture) -> Figure:
     train_by_name = {level.name: level for level in picture.train}
     image = picture.image.permute(1, 2, 0).numpy()
     for row, (phase, level) in enumerate(rows):
-        reference = train_by_name.get(level.name, level)
-        magnitude_min = min(reference.clean.min().item(), reference.perturbed.min().item())
-        magnitude_max = max(reference.clean.max().item(), reference.perturbed.max().item())
-        magnitude_max = max(magnitude_max, magnitude_min + 1e-12)
-        noise_max = max(reference.noise.max().item(), 1e-12)
-        relative_max = max(reference.relative.max().item(), 1e-12)
-        maps = (
-            (level.clean, magnitude_min, magnitude_max, "viridis"),
-            (level.noise, 0.0, noise_max, "magma"),
-            (level.perturbed, magnitude_min, magnitude_max, "viridis"),
-            (level.relative, 0.0, relative_max, "magma"),
-        )
+        maps = _maps_and_scales(level, train_by_name.get(level.name, level))
         ax = axes[row, 0]
         ax.imshow(image)
         ax.set_ylabel(_row_label(phase, level), fontsize=10)
