@@ -14,6 +14,7 @@ from fnoise_maskrcnn.study import (
     RunError,
     common_seed_difference,
     describe,
+    difference,
     epoch_records,
     group_runs,
     holm,
@@ -353,8 +354,11 @@ def test_paired_differences_of_peak_final_and_overfitting_measures(course_study)
     assert diffs["segm_AP_peak"]["p"] == pytest.approx(0.0741799, abs=1e-6)
     assert diffs["segm_AP_peak"]["verdict"] == "within seed noise"
     assert diffs["segm_AP_final"]["verdict"] == "beyond seed noise"
-    # the minimum comes one epoch later in every seed: +1 with no spread
-    assert diffs["val_loss_min_epoch"]["mean"] == 1.0 and diffs["val_loss_min_epoch"]["ci95"] == [1.0, 1.0]
+    # the minimum comes one epoch later in every seed: +1 with no spread, so no t interval and the
+    # sign test's p = 2 * 0.5^3 (not the p = 0 an infinite t would give)
+    epoch = diffs["val_loss_min_epoch"]
+    assert epoch["mean"] == 1.0 and epoch["std"] == 0.0 and epoch["ci95"] is None
+    assert epoch["p"] == pytest.approx(0.25) and epoch["verdict"] == "within seed noise"
     # σ=0.2 has one complete seed: the difference without spread, interval or p, hence no Holm family
     one = [d for d in summary["outcomes"]["differences"] if d["arm"] == LABEL_02]
     assert {d["n"] for d in one} == {1} and all(d["ci95"] is None and d["p"] is None for d in one)
@@ -448,9 +452,7 @@ def test_markdown_reports_peak_gap_progress_and_compute(course_study, tmp_path):
         f"| {LABEL_01} | validation − training loss, final epoch | -0.8400 ± 0.0100 | [-0.8648, -0.8152] |"
         in markdown
     )
-    assert (
-        f"| {LABEL_01} | epoch of minimum validation loss | +1.00 ± 0.00 | [+1.00, +1.00] | 0 |" in markdown
-    )
+    assert f"| {LABEL_01} | epoch of minimum validation loss | +1.00 ± 0.00 | n/a | 0.25 |" in markdown
     assert "| 3 | 1.0100 ± 0.1100 | 0.1700 ± 0.1200 | 0.0500 |" in markdown  # gap at epoch 3, per arm
     bias = (
         "measured on perturbed features, so it is higher than the same model's loss on clean features, and "
@@ -482,3 +484,16 @@ def test_common_seed_difference_pairs_the_seeds_both_arms_completed():
     )
     unpaired = common_seed_difference(describe([0.5, 0.7], [0, 1]), describe([0.4, 0.4], [2, 3]))
     assert not unpaired.paired and unpaired.mean == pytest.approx(0.2)
+
+
+def test_a_difference_every_seed_shares_exactly_uses_the_sign_test_not_an_infinite_t():
+    # the epoch of the minimum validation loss: one epoch later in both seeds
+    two = difference(describe([8.0, 8.0], [0, 1]), describe([7.0, 7.0], [0, 1]))
+    assert two.paired and two.mean == 1.0 and two.std == 0.0
+    assert two.ci95 is None and two.p == pytest.approx(0.5) and two.verdict == "within seed noise"
+    five = difference(describe([3.0] * 5, range(5)), describe([2.0] * 5, range(5)))
+    assert five.p == pytest.approx(0.0625) and five.verdict == "within seed noise"
+    six = difference(describe([2.0] * 6, range(6)), describe([3.0] * 6, range(6)))
+    assert six.p == pytest.approx(0.03125) and six.verdict == "beyond seed noise"
+    same = difference(describe([5.0, 5.0], [0, 1]), describe([5.0, 5.0], [0, 1]))
+    assert same.ci95 == (0.0, 0.0) and same.p == 1.0 and same.verdict == "within seed noise"

@@ -398,8 +398,9 @@ def _differences_markdown(
     lines = [
         "Differences from the baseline (F-Noise arm − baseline), in the metric's units "
         "(AP as a fraction: 0.01 = 1 AP point): mean ± std of the difference over seeds, 95% confidence "
-        "interval (Student's t), two-sided p-value, and whether the difference is within seed noise."
-        + holm_note,
+        "interval (Student's t), two-sided p-value, and whether the difference is within seed noise. "
+        "When every seed gives exactly the same nonzero difference (a whole number of epochs, say), t is "
+        "undefined: the interval is n/a and p is the exact sign test's, 2 × 0.5^n." + holm_note,
         "",
         "| arm | metric | difference | 95% CI | p | Holm p | seeds | verdict |",
         "|---|---|---|---|---|---|---|---|",

@@ -41,12 +41,14 @@ class Difference:
         std: spread of the difference: for paired seeds the sample std of the per-seed differences,
             otherwise ``sqrt(s1^2 + s2^2)`` scaled so that ``std / sqrt(n)`` is the standard error.
         stderr: standard error of ``mean`` (``None`` when a side has a single seed).
-        ci95: 95% confidence interval from Student's t (``None`` when ``stderr`` is ``None``).
+        ci95: 95% confidence interval from Student's t (``None`` when ``stderr`` is ``None``, or 0 with a
+            nonzero mean: then every seed gave the same difference, and ``p`` is the exact sign test's).
         paired: whether the same seeds were compared pairwise (same initial weights and data order).
         n: number of pairs (paired) or ``min(n1, n2)``.
         verdict: ``"within seed noise"``, ``"beyond seed noise"`` or ``"seed noise unknown (one seed)"``.
         df: degrees of freedom of the t statistic (``None`` with a single seed).
-        p: two-sided p-value of "no difference" from Student's t (``None`` with a single seed).
+        p: two-sided p-value of "no difference" from Student's t (``None`` with a single seed; the sign
+            test's ``2 * 0.5^n`` when every seed gave the same nonzero difference).
     """
 
     mean: float
@@ -189,10 +191,16 @@ def difference(arm: Stat, reference: Stat) -> Difference:
         std = stderr * math.sqrt(n)
         denominator = (va**2 / (arm.n - 1) if va else 0.0) + (vr**2 / (reference.n - 1) if vr else 0.0)
         df = (va + vr) ** 2 / denominator if denominator > 0 else float(arm.n + reference.n - 2)
+    if stderr == 0.0 and mean != 0.0:
+        # Every seed gave the same nonzero difference (a discrete metric such as an epoch, few seeds):
+        # Student's t is undefined (0/0), so no interval; the exact sign test gives p = 2 * 0.5^n.
+        p = min(1.0, 2.0 * 0.5**n)
+        verdict = "beyond seed noise" if p < 0.05 else "within seed noise"
+        return Difference(mean, std, stderr, None, paired, n, verdict, df, p)
     half = t975(df) * stderr
     ci = (mean - half, mean + half)
     verdict = "within seed noise" if ci[0] <= 0.0 <= ci[1] else "beyond seed noise"
-    p = t_two_sided_p(mean / stderr, df) if stderr > 0 else (1.0 if mean == 0 else 0.0)
+    p = t_two_sided_p(mean / stderr, df) if stderr > 0 else 1.0
     return Difference(mean, std, stderr, ci, paired, n, verdict, df, p)
 
 
