@@ -9,6 +9,7 @@ import pytest
 from fnoise_maskrcnn.arguments import parse
 from fnoise_maskrcnn.config import TrainConfig, fixed_fields
 from fnoise_maskrcnn.fnoise import FNoiseConfig
+from fnoise_maskrcnn.io.checkpoint import make_checkpoint
 
 ARGV = ["--epochs", "9", "--f-noise", "--f-noise-std", "0=0.05", "3=0.2", "--output-dir", "somewhere"]
 
@@ -65,17 +66,7 @@ def test_resume_refuses_a_changed_fixed_field_but_takes_a_longer_schedule(tmp_pa
     import torch
 
     config = parse(["--output-dir", str(tmp_path)]).config
-    torch.save(
-        {
-            "format": "fnoise_maskrcnn",
-            "version": 1,
-            "model": {},
-            "model_config": {},
-            "categories": [],
-            "config": config.to_dict(),
-        },
-        tmp_path / "last.pth",
-    )
+    torch.save(make_checkpoint({}, {}, [], config=config.to_dict()), tmp_path / "last.pth")
     resumed = parse(["--resume", "--output-dir", str(tmp_path), "--epochs", "7", "--lr", "0.01"])
     assert (resumed.config.optim.epochs, resumed.config.optim.lr) == (7, 0.01)
     assert resumed.config.optim.lr_steps == config.optim.lr_steps  # resolved once, kept

@@ -14,7 +14,7 @@ from fnoise_maskrcnn.arguments import parse
 from fnoise_maskrcnn.distributed import init_distributed
 from fnoise_maskrcnn.engine import LOSS_NAMES
 from fnoise_maskrcnn.engine.run import Run
-from fnoise_maskrcnn.io.checkpoint import load_checkpoint
+from fnoise_maskrcnn.io.checkpoint import load_checkpoint, make_checkpoint
 
 
 def test_training_lowers_the_loss(synthetic_coco, tmp_path):
@@ -157,17 +157,7 @@ def test_bad_data_is_a_one_line_error(tmp_path, capsys):
 def test_resume_refuses_a_changed_model(synthetic_coco, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    torch.save(
-        {
-            "format": "fnoise_maskrcnn",
-            "version": 1,
-            "model": {},
-            "model_config": {},
-            "categories": [],
-            "args": {"model": "mobilenet_v3"},
-        },
-        out / "last.pth",
-    )
+    torch.save(make_checkpoint({}, {}, [], args={"model": "mobilenet_v3"}), out / "last.pth")
     with pytest.raises(SystemExit):
         train.main(["--resume", "--output-dir", str(out), "--model", "resnet50"])
     assert "--model resnet50 differs from the run's mobilenet_v3" in capsys.readouterr().err

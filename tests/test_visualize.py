@@ -13,7 +13,7 @@ from torch import nn
 
 from _training import tensorboard_images, tensorboard_scalars
 from fnoise_maskrcnn import maskrcnn_mobilenet_v3_large_fpn, maskrcnn_resnet50_fpn
-from fnoise_maskrcnn.io.checkpoint import save_checkpoint
+from fnoise_maskrcnn.io.checkpoint import make_checkpoint, save_checkpoint
 from fnoise_maskrcnn.visualization import fnoise_perturbation, log_fnoise_pictures
 from fnoise_maskrcnn.visualize import main
 
@@ -136,16 +136,8 @@ def test_log_fnoise_pictures_writes_pngs_and_tensorboard(synthetic_coco, tmp_pat
 def test_cli_draws_picture_from_checkpoint(synthetic_coco, tmp_path, capsys):
     model = _mobilenet(use_f_noise=False)
     checkpoint = tmp_path / "model.pth"
-    save_checkpoint(
-        {
-            "format": "fnoise_maskrcnn",
-            "version": 1,
-            "model": model.state_dict(),
-            "model_config": model.build_config,
-            "categories": [{"id": i, "name": f"c{i}"} for i in range(1, 5)],
-        },
-        checkpoint,
-    )
+    categories = [{"id": i, "name": f"c{i}"} for i in range(1, 5)]
+    save_checkpoint(make_checkpoint(model.state_dict(), model.build_config, categories), checkpoint)
     image = sorted(synthetic_coco.train_images.glob("*.jpg"))[0]
     out = tmp_path / "pictures" / "fnoise.png"
 
