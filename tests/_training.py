@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 from fnoise_maskrcnn.engine import Hook, StepContext
 
 # Small heads keep a CPU iteration at about a second: the cost of Mask R-CNN on tiny images is in its heads.
+#: ``torchrun --standalone --nproc_per_node=2`` with this interpreter; append the script or ``-m module``.
+TORCHRUN_TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
 TINY_MODEL = [
     "--model",
     "mobilenet_v3",

@@ -6,13 +6,13 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import SequentialSampler
 
+from _training import TORCHRUN_TWO_PROCESSES
 from conftest import write_images_only_coco
 from fnoise_maskrcnn.data import (
     CocoInstances,
@@ -105,11 +105,7 @@ def test_distributed_loader_shards_with_distributed_sampler(synthetic_coco, tmp_
     script = tmp_path / "shard.py"
     script.write_text(_SHARD_SCRIPT)
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
+        *TORCHRUN_TWO_PROCESSES,
         str(script),
         str(synthetic_coco.train_images),
         str(synthetic_coco.train_ann),

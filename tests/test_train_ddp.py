@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import torch
 
-from _training import TINY_MODEL, data_flags, tensorboard_scalars
+from _training import TINY_MODEL, TORCHRUN_TWO_PROCESSES, data_flags, tensorboard_scalars
 
 
 def test_two_process_ddp_on_cpu(synthetic_coco, tmp_path):
     out = tmp_path / "ddp"
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
+        *TORCHRUN_TWO_PROCESSES,
         "-m",
         "fnoise_maskrcnn.train",
         *data_flags(synthetic_coco),
