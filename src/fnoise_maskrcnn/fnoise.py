@@ -308,14 +308,13 @@ class _PooledNoise(torch.autograd.Function):
         dot = torch.bmm(grad.reshape(n * c, 1, h * w), eps.reshape(n * c, h * w, 1)).view(n, c, 1, 1)
         if mode == "sample":
             dot = dot.sum(dim=1, keepdim=True)
-        elif mode == "tensor":
-            dot = dot.sum()
-        per_row = x.numel() // dot.numel()
-        if mode == "sample":
-            coefficient = torch.where(magnitude > 0, dot * std / (magnitude * per_row), 0.0)
+            coefficient = torch.where(magnitude > 0, dot * std / (magnitude * (c * h * w)), 0.0)
             return torch.addcmul(grad, x, coefficient), None, None, None
+        per_element = std / (h * w) if mode == "channel" else std / x.numel()
+        if mode == "tensor":
+            dot = dot.sum()
         out = torch.sign(x)
-        return torch.addcmul(grad, out, dot * (std / per_row), out=out), None, None, None
+        return torch.addcmul(grad, out, dot * per_element, out=out), None, None, None
 
 
 @torch.jit.unused
