@@ -32,11 +32,7 @@ import datetime
 import json
 import math
 import platform
-
-try:
-    import resource
-except ImportError:  # not on Windows
-    resource = None
+import resource
 import statistics
 import sys
 import time
@@ -158,8 +154,8 @@ def train_step(model: nn.Module, images, targets) -> None:
 
 
 def minor_faults() -> int:
-    """Minor page faults of this process so far (0 where ``resource`` is missing)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
+    """Minor page faults of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def time_steps(
