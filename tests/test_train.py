@@ -67,6 +67,39 @@ def test_training_lowers_the_loss(synthetic_coco, tmp_path):
     assert [step for step, _ in scalars["epoch_train/loss"]] == list(range(1, 9))
 
 
+def test_clean_training_loss_is_measured_as_the_validation_loss_is(synthetic_coco, tmp_path):
+    """Trained on its own validation images, the clean training loss equals the validation loss exactly
+    (validation transforms, F-Noise off, the same fixed sampler stream), and measuring it changes no
+    training number."""
+    images = str(synthetic_coco.val_images)
+    ann = str(synthetic_coco.val_ann)
+    argv = [
+        *("--train-ann", ann, "--train-images", images, "--val-ann", ann, "--val-images", images),
+        *("--max-images", "2", "--max-val-images", "2", "-b", "2", "--epochs", "2"),
+        *TINY_MODEL,
+        *("--warmup-iters", "0", "--workers", "0", "--f-noise", "--f-noise-std", "0.5"),
+    ]
+    assert train.main([*argv, "--train-loss-images", "2", "--output-dir", str(tmp_path / "clean")]) == 0
+    assert train.main([*argv, "--output-dir", str(tmp_path / "plain")]) == 0
+    clean, plain = read_metrics(tmp_path / "clean"), read_metrics(tmp_path / "plain")
+    epochs = [r for r in clean if r["type"] == "epoch"]
+    assert len(epochs) == 2
+    for record in epochs:
+        assert record["train_clean"] == record["val"]
+        assert set(record["train_clean"]) == {"loss", *LOSS_NAMES}
+        assert record["train_clean"]["loss"] != record["train"]["loss"]  # the epoch mean, F-Noise on
+    plain_epochs = [r for r in plain if r["type"] == "epoch"]
+    assert all("train_clean" not in r for r in plain_epochs)
+    assert [r["val"] for r in plain_epochs] == [r["val"] for r in epochs]
+    assert [r["loss"] for r in plain if r["type"] == "iter"] == [
+        r["loss"] for r in clean if r["type"] == "iter"
+    ]
+    scalars = tensorboard_scalars(tmp_path / "clean")
+    assert [v for _, v in scalars["epoch_train_clean/loss"]] == pytest.approx(
+        [r["val"]["loss"] for r in epochs]
+    )
+
+
 def test_seed_gives_same_start_with_and_without_f_noise(synthetic_coco):
     """The comparison's premise: same --seed -> same initial weights and the same first batch, whatever
     the F-Noise settings; only the noise differs (its own generator)."""
@@ -126,6 +159,7 @@ def test_non_finite_loss_stops_with_last_good_state(synthetic_coco, tmp_path, ca
     "argv, message",
     [
         (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--train-loss-images", "-1"], "--train-loss-images must be >= 0"),
         (["--model", "vgg"], "invalid choice: 'vgg'"),
         (["--f-noise-mode", "pixel"], "invalid choice: 'pixel'"),
         (["--f-noise-std", "-1"], "--f-noise-std must be a finite number >= 0"),

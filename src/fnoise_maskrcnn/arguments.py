@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max-images", type=int, help="use the first N training images (by image id)")
     data.add_argument("--max-val-images", type=int, help="use the first N validation images (by image id)")
     data.add_argument(
+        "--train-loss-images",
+        type=int,
+        default=0,
+        metavar="N",
+        help="at each evaluation, also measure the loss on the first N training images with validation "
+        "transforms and F-Noise off (the clean training loss, for the train/validation gap; 0: off)",
+    )
+    data.add_argument(
         "--synthetic-images",
         type=int,
         default=64,
@@ -365,6 +373,7 @@ def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     for name in (
         "workers",
+        "train_loss_images",
         "warmup_iters",
         "visualize_every",
         "checkpoint_every",

@@ -75,6 +75,9 @@ class DataConfig:
     aspect_ratio_group_factor: int = _fixed(3)
     batch_size: int = _fixed(2)
     workers: int = 2
+    #: Training images (the first N by id, validation transforms) whose loss is measured with F-Noise
+    #: off at each evaluation: the clean training loss of the overfitting gap. 0: not measured.
+    train_loss_images: int = 0
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@
 - ``{"type": "iter", "epoch", "iteration", "lr", "loss", "loss_classifier", ..., "time", "data_time"}``
   for each logged iteration;
 - ``{"type": "epoch", "epoch", "iteration", "train": {...}, "val": {...} | null, "bbox": {...} | null,
-  "segm": {...} | null, "f_noise_nsr": {level: ratio} | null, ...}`` for each epoch.
+  "segm": {...} | null, "f_noise_nsr": {level: ratio} | null, ...}`` for each epoch, with
+  ``"train_clean": {...}`` (the losses on ``--train-loss-images`` training images, F-Noise off) where
+  that was measured.
 
 TensorBoard scalars use the global iteration as step throughout, so that a resumed run can purge
 what the interrupted one wrote after its last checkpoint.
@@ -86,7 +88,7 @@ class RunLogger:
         """Appends an ``"epoch"`` record and writes its numbers to TensorBoard at ``record["iteration"]``."""
         self._write({"type": "epoch", **record})
         step = record["iteration"]
-        for group in ("train", "val", "bbox", "segm"):
+        for group in ("train", "train_clean", "val", "bbox", "segm"):
             if record.get(group):
                 self.scalars(record[group], step, prefix=f"epoch_{group}/")
         if record.get("f_noise_nsr"):

@@ -52,6 +52,9 @@ def _test_only(run: Run) -> int:
     result = run.evaluate()
     if run.ctx.is_main:
         print("val losses: " + "  ".join(f"{k}: {v:.4f}" for k, v in result["val"].items()))
+        if result["train_clean"] is not None:
+            clean = result["train_clean"]
+            print("train losses, F-Noise off: " + "  ".join(f"{k}: {v:.4f}" for k, v in clean.items()))
         print(format_metrics_table(result["metrics"]))
     return 0
 

@@ -204,6 +204,8 @@ class Evaluator(Hook):
         result = run.evaluate()
         record["eval_time"] = time.perf_counter() - start
         record["val"] = result["val"]
+        if result["train_clean"] is not None:
+            record["train_clean"] = result["train_clean"]
         metrics = result["metrics"]
         if dist_utils.is_main_process():
             record.update(
@@ -213,6 +215,9 @@ class Evaluator(Hook):
                 val_images_evaluated=metrics["num_images"],
             )
             print("Validation losses: " + "  ".join(f"{k}: {v:.4f}" for k, v in record["val"].items()))
+            if result["train_clean"] is not None:
+                clean = result["train_clean"]
+                print("Training losses, F-Noise off: " + "  ".join(f"{k}: {v:.4f}" for k, v in clean.items()))
             print(format_metrics_table(metrics), flush=True)
         segm_ap = dist_utils.all_gather_objects(metrics["segm"]["AP"] if metrics else None)[0]
         if run.best_metric is None or (segm_ap is not None and segm_ap > run.best_metric):

@@ -9,6 +9,7 @@ and the data augmentation have their own streams derived from the seed.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import sys
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from .. import distributed as dist_utils
 from ..config import TrainConfig
@@ -153,6 +154,26 @@ def _loaders(
     return train_loader, val_loader
 
 
+def _train_loss_loader(
+    config: TrainConfig, ctx: dist_utils.DistributedContext, train_set: CocoInstances
+) -> DataLoader | None:
+    """The first ``train_loss_images`` training images, in id order, with the validation transforms:
+    what :meth:`Run.evaluate` measures the clean training loss on (None when it is 0)."""
+    count = min(config.data.train_loss_images, len(train_set))
+    if count == 0:
+        return None
+    clean = copy.copy(train_set)  # shares the annotations; only the transforms differ
+    clean.transforms = build_transforms(False)
+    return build_dataloader(
+        Subset(clean, range(count)),
+        batch_size=config.data.batch_size,
+        train=False,
+        workers=config.data.workers,
+        distributed=ctx.distributed,
+        seed=config.run.seed,
+    )
+
+
 def _model(config: TrainConfig, num_classes: int, resumed: dict[str, Any] | None) -> nn.Module:
     """The model (seeded by the caller); from the checkpoint's ``model_config`` when resuming."""
     try:
@@ -194,6 +215,7 @@ class Run:
         run.train_set, run.val_set = _datasets(config, run.data)
         run.categories = run.train_set.categories
         run.train_loader, run.val_loader = _loaders(config, ctx, run.train_set, run.val_set)
+        run.train_loss_loader = _train_loss_loader(config, ctx, run.train_set)
         run.iters_per_epoch = len(run.train_loader)
         seed = config.run.seed
         # Same seed -> same initial weights, with or without F-Noise; the noise has its own generator.
@@ -322,14 +344,21 @@ class Run:
             raise TrainingInterrupted(self.stop.signum)
 
     def evaluate(self) -> dict[str, Any]:
-        """Validation losses and COCO AP; the AP entries are None on ranks other than 0."""
+        """Validation losses and COCO AP (None on ranks other than 0), and with ``--train-loss-images``
+        the clean training losses (``"train_clean"``: measured as the validation losses are, F-Noise off;
+        else None)."""
         assert self.val_loader is not None and self.val_set is not None
         amp = self.config.optim.amp
         val = evaluate_losses(self.ddp_model, self.val_loader, self.device, amp, self.check_stop)
+        train_clean = None
+        if self.train_loss_loader is not None:
+            train_clean = evaluate_losses(
+                self.ddp_model, self.train_loss_loader, self.device, amp, self.check_stop
+            )
         metrics = evaluate_ap(
             self.model, self.val_loader, self.device, self.categories, self.val_set.coco, amp, self.check_stop
         )
-        return {"val": val, "metrics": metrics}
+        return {"val": val, "train_clean": train_clean, "metrics": metrics}
 
 
 def set_deterministic(enabled: bool) -> None:

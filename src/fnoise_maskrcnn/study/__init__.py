@@ -32,6 +32,7 @@ _PUBLIC = {
     "epoch_series": ".series",
     "smooth": ".series",
     "gap_series": ".series",
+    "gap_training_key": ".series",
     "OUTCOME_KEYS": ".series",
     "run_outcomes": ".series",
     "compute_seconds": ".series",
@@ -89,6 +90,7 @@ if TYPE_CHECKING:
     from .series import final_epoch as final_epoch
     from .series import final_values as final_values
     from .series import gap_series as gap_series
+    from .series import gap_training_key as gap_training_key
     from .series import iteration_series as iteration_series
     from .series import run_outcomes as run_outcomes
     from .series import smooth as smooth

@@ -11,7 +11,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .runs import LOSS_KEYS, Arm, sigma_of
-from .series import epoch_series, final_epoch, final_values, gap_series, iteration_series, smooth
+from .series import (
+    epoch_series,
+    final_epoch,
+    final_values,
+    gap_series,
+    gap_training_key,
+    iteration_series,
+    smooth,
+)
 from .stats import t975
 
 __all__ = ["PANELS", "plot_comparison"]
@@ -111,12 +119,16 @@ def _panel_rows(arms: Sequence[Arm]) -> list[tuple[str, str, list[list[Curve]]]]
     """``(kind, row title, per arm the curve of each run)`` of the :data:`PANELS` that some run logged.
 
     Every run is drawn, in progress or not (the figure follows a study as it runs); the validation −
-    training row is :func:`fnoise_maskrcnn.study.gap_series`.
+    training row is :func:`fnoise_maskrcnn.study.gap_series`, against the clean training loss when every
+    run logged one (:func:`fnoise_maskrcnn.study.gap_training_key`).
     """
     rows = []
+    gap_training = gap_training_key(run for arm in arms for run in arm.runs)
     for kind, key, row_title in PANELS:
         if key == GAP_PANEL_KEY:
-            per_arm = [[gap_series(run) for run in arm.runs] for arm in arms]
+            per_arm = [[gap_series(run, gap_training) for run in arm.runs] for arm in arms]
+            if gap_training == "train_clean":
+                row_title = "validation − clean training loss by epoch"
         else:
             series_of = iteration_series if kind == "iter" else epoch_series
             per_arm = [[series_of(run, key) for run in arm.runs] for arm in arms]

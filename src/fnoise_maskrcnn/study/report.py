@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .runs import Arm, Run, run_complete
-from .series import compute_seconds, final_epoch, final_values, gap_series, run_outcomes
+from .series import compute_seconds, final_epoch, final_values, gap_series, gap_training_key, run_outcomes
 from .stats import Difference, Stat, common_seed_difference, describe, difference, holm
 
 __all__ = ["SUMMARY_METRICS", "OUTCOME_METRICS", "summarize", "summary_markdown"]
@@ -138,12 +138,18 @@ def _outcomes(arms: Sequence[Arm]) -> dict[str, Any]:
     Per F-Noise arm with a matching baseline, the difference of each compared metric, paired over the
     seeds complete in both arms (Holm-adjusted over the arms as in :func:`summarize`).
 
+    The gap uses the clean training loss when every complete run logged it (``"gap_training":
+    "train_clean"``), else the epoch mean of the training iterations (``"train"``); see
+    :func:`fnoise_maskrcnn.study.gap_training_key`.
+
     Returns:
         ``{"arms": [{"label", "seeds", "n", "metrics": {name: stat | None}, "gap_by_epoch": [{"epoch",
-        "mean", "std", "n", "values", "seeds"}]}], "differences": [...], "correction": "holm" | None}``.
+        "mean", "std", "n", "values", "seeds"}]}], "differences": [...], "correction": "holm" | None,
+        "gap_training": "train_clean" | "train"}``.
     """
     complete = [[run for run in arm.runs if run_complete(run)] for arm in arms]
-    stats = [_outcome_stats(runs) for runs in complete]
+    gap_training = gap_training_key(run for runs in complete for run in runs)
+    stats = [_outcome_stats(runs, gap_training) for runs in complete]
     compared = [name for name, _, _, compare in OUTCOME_METRICS if compare]
     differences = _differences(arms, stats, compared, common_seed_difference)
     correction = _apply_holm(differences)
@@ -153,16 +159,21 @@ def _outcomes(arms: Sequence[Arm]) -> dict[str, Any]:
             "seeds": [run.seed for run in runs],
             "n": len(runs),
             "metrics": {name: _stat_dict(stat) for name, stat in arm_stats.items()},
-            "gap_by_epoch": _gap_by_epoch(runs),
+            "gap_by_epoch": _gap_by_epoch(runs, gap_training),
         }
         for arm, runs, arm_stats in zip(arms, complete, stats)
     ]
-    return {"arms": arm_dicts, "differences": differences, "correction": correction}
+    return {
+        "arms": arm_dicts,
+        "differences": differences,
+        "correction": correction,
+        "gap_training": gap_training,
+    }
 
 
-def _outcome_stats(runs: Sequence[Run]) -> dict[str, Stat | None]:
+def _outcome_stats(runs: Sequence[Run], gap_training: str) -> dict[str, Stat | None]:
     """Each of :data:`OUTCOME_METRICS` over ``runs`` (those that have it), as mean ± std with the seeds."""
-    per_run = [(run.seed, run_outcomes(run)) for run in runs]
+    per_run = [(run.seed, run_outcomes(run, gap_training)) for run in runs]
     stats = {}
     for name, _, _, _ in OUTCOME_METRICS:
         pairs = [(seed, values[name]) for seed, values in per_run if values[name] is not None]
@@ -170,11 +181,11 @@ def _outcome_stats(runs: Sequence[Run]) -> dict[str, Stat | None]:
     return stats
 
 
-def _gap_by_epoch(runs: Sequence[Run]) -> list[dict[str, Any]]:
+def _gap_by_epoch(runs: Sequence[Run], gap_training: str) -> list[dict[str, Any]]:
     """Validation − training loss per epoch that some run evaluated: mean ± std over the runs that did."""
     by_epoch: dict[int, list[tuple[Any, float]]] = {}
     for run in runs:
-        for epoch, gap in zip(*gap_series(run)):
+        for epoch, gap in zip(*gap_series(run, gap_training)):
             by_epoch.setdefault(int(epoch), []).append((run.seed, float(gap)))
     rows = []
     for epoch in sorted(by_epoch):
@@ -349,12 +360,7 @@ def _outcomes_markdown(outcomes: dict[str, Any]) -> list[str]:
         "the final epoch. A later minimum, a smaller rise or a smaller gap would each point to delayed "
         "overfitting.",
         "",
-        "**The gap is biased for F-Noise arms.** The training loss is the mean over the epoch's iterations "
-        "with the arm's F-Noise on: an F-Noise arm's training loss is measured on perturbed features, so it "
-        "is higher than the same model's loss on clean features, and that shrinks its measured gap. A "
-        "smaller gap under F-Noise is expected even without any less overfitting and is no evidence by "
-        "itself; the epoch of the minimum and the rise after it use the validation loss alone (F-Noise off) "
-        "and do not share this bias.",
+        _GAP_TRAINING_NOTES[outcomes.get("gap_training", "train")],
         "",
     ]
     lines += _outcome_table(outcomes["arms"], names[6:])
@@ -362,18 +368,34 @@ def _outcomes_markdown(outcomes: dict[str, Any]) -> list[str]:
         titles = {name: (title, digits) for name, title, digits, _ in OUTCOME_METRICS}
         lines += ["### Differences from the baseline, complete runs paired by seed", ""]
         lines += _differences_markdown(outcomes["differences"], titles, outcomes.get("correction"))
-    return lines + _gap_markdown(outcomes["arms"])
+    return lines + _gap_markdown(outcomes["arms"], outcomes.get("gap_training", "train"))
 
 
-def _gap_markdown(arms: Sequence[dict[str, Any]]) -> list[str]:
+#: What the training loss of the gap is, by :func:`fnoise_maskrcnn.study.gap_training_key`.
+_GAP_TRAINING_NOTES = {
+    "train_clean": "**The gap compares like with like.** Its training loss is measured as the validation "
+    "loss is, with F-Noise off, on the first training images with the validation transforms "
+    "(`train --train-loss-images`), in every arm and at every evaluated epoch.",
+    "train": "**The gap is biased for F-Noise arms.** The training loss is the mean over the epoch's "
+    "iterations with the arm's F-Noise on: an F-Noise arm's training loss is measured on perturbed "
+    "features, so it is higher than the same model's loss on clean features, and that shrinks its measured "
+    "gap. A smaller gap under F-Noise is expected even without any less overfitting and is no evidence by "
+    "itself; the epoch of the minimum and the rise after it use the validation loss alone (F-Noise off) "
+    "and do not share this bias. Runs trained with `--train-loss-images N` log a clean training loss, and "
+    "the gap then uses it.",
+}
+
+
+def _gap_markdown(arms: Sequence[dict[str, Any]], gap_training: str) -> list[str]:
     """Validation − training loss per epoch (rows) and arm (columns): mean ± std over complete seeds."""
     epochs = sorted({row["epoch"] for arm in arms for row in arm["gap_by_epoch"]})
     if not epochs:
         return []
+    which = "F-Noise off" if gap_training == "train_clean" else "biased for F-Noise arms, see above"
     lines = [
         "### Validation − training loss by epoch",
         "",
-        "Mean ± sample std over the complete seeds (biased for F-Noise arms, see above).",
+        f"Mean ± sample std over the complete seeds ({which}).",
         "",
         "| epoch | " + " | ".join(arm["label"] for arm in arms) + " |",
         "|---|" + "---|" * len(arms),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ __all__ = [
     "epoch_series",
     "smooth",
     "gap_series",
+    "gap_training_key",
     "OUTCOME_KEYS",
     "run_outcomes",
     "compute_seconds",
@@ -59,11 +60,25 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return sums / counts
 
 
-def gap_series(run: Run) -> tuple[np.ndarray, np.ndarray]:
-    """``(epochs, validation loss - training loss)`` at the epochs that logged both (the evaluated ones)."""
+def gap_training_key(runs: Iterable[Run]) -> str:
+    """The training loss to measure the validation − training gap against, the same for all ``runs``:
+
+    ``"train_clean"`` when every evaluated epoch of every run logged the loss on training images with
+    F-Noise off (``train --train-loss-images``), else ``"train"``, the mean over the epoch's training
+    iterations (measured on perturbed features in F-Noise arms, which shrinks their gap).
+    """
+    evaluated = [r for run in runs for r in run.epochs if _nested(r, "val.loss") is not None]
+    if evaluated and all(_nested(r, "train_clean.loss") is not None for r in evaluated):
+        return "train_clean"
+    return "train"
+
+
+def gap_series(run: Run, training: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """``(epochs, validation loss - training loss)`` at the epochs that logged both (the evaluated ones);
+    ``training``: the epoch record's group of training losses, ``"train"`` or ``"train_clean"``."""
     points: list[tuple[int, float | None]] = []
     for record in run.epochs:
-        val, train = _nested(record, "val.loss"), _nested(record, "train.loss")
+        val, train = _nested(record, "val.loss"), _nested(record, f"{training}.loss")
         points.append((record["epoch"], None if val is None or train is None else val - train))
     return _points(points)
 
@@ -84,7 +99,7 @@ OUTCOME_KEYS = (
 )
 
 
-def run_outcomes(run: Run) -> dict[str, float | None]:
+def run_outcomes(run: Run, gap_training: str = "train") -> dict[str, float | None]:
     """A run's whole-course numbers, over its evaluated epochs (``None`` where it logged none):
 
     - ``{segm,bbox}_AP_peak`` and ``_peak_epoch``: the highest validation AP and the (first) epoch of it;
@@ -92,7 +107,8 @@ def run_outcomes(run: Run) -> dict[str, float | None]:
     - ``val_loss_min`` and ``val_loss_min_epoch``: the lowest validation loss and the (first) epoch of it;
       ``val_loss_final``: the last one; ``val_loss_rise``: final minus minimum (>= 0; how far the
       validation loss has climbed back since its minimum, without involving the training loss);
-    - ``gap_final``: validation minus training loss at the last epoch that logged both.
+    - ``gap_final``: validation minus training loss (the ``gap_training`` group, see
+      :func:`gap_training_key`) at the last epoch that logged both.
     """
     out: dict[str, float | None] = dict.fromkeys(OUTCOME_KEYS)
     for prefix, path in (("segm_AP", "segm.AP"), ("bbox_AP", "bbox.AP")):
@@ -107,7 +123,7 @@ def run_outcomes(run: Run) -> dict[str, float | None]:
         out["val_loss_min"], out["val_loss_min_epoch"] = float(losses[lowest]), float(epochs[lowest])
         out["val_loss_final"] = float(losses[-1])
         out["val_loss_rise"] = float(losses[-1] - losses[lowest])
-    _, gaps = gap_series(run)
+    _, gaps = gap_series(run, gap_training)
     if gaps.size:
         out["gap_final"] = float(gaps[-1])
     return out
