@@ -232,6 +232,44 @@ def _head_kwargs(arch: str, norm: str, anchor_sizes: list[int] | None) -> dict[s
     return head_kwargs
 
 
+def _norm_and_trainable_layers(
+    norm: str | None,
+    frozen_batchnorm: bool | None,
+    is_trained: bool,
+    trainable_layers: int | None,
+    max_trainable: int,
+) -> tuple[str, int]:
+    """The normalisation (:func:`_resolve_norm`) and the trainable body stages: torchvision's rule (3 with
+    pretrained weights, else all, checked) under torchvision's normalisation; all by default with an
+    explicit one."""
+    if norm is None and frozen_batchnorm is None:
+        trainable_layers = _validate_trainable_layers(is_trained, trainable_layers, max_trainable, 3)
+    elif trainable_layers is None:
+        trainable_layers = max_trainable
+    return _resolve_norm(norm, frozen_batchnorm, is_trained), trainable_layers
+
+
+def _arch_spec(arch: str) -> tuple[Any, Any, int, dict[str, Any]]:
+    """``(detector weights enum or None, backbone weights enum, body stages, MaskRCNN defaults)``."""
+    if arch == "resnet50":
+        return MaskRCNN_ResNet50_FPN_Weights, ResNet50_Weights, 5, {}
+    if arch == "mobilenet_v3":  # torchvision's score threshold for its MobileNetV3 detectors
+        return None, MobileNet_V3_Large_Weights, 6, {"rpn_score_thresh": 0.05}
+    raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {arch!r}")
+
+
+def _load_detector_weights(
+    model: MaskRCNN, state_dict: dict[str, torch.Tensor], weights_enum: Any, num_classes: int
+) -> None:
+    """Loads whole-detector weights, then gives the model ``num_classes`` new predictors if the weights
+    were trained for another number of classes."""
+    model.load_state_dict(state_dict)
+    if weights_enum == MaskRCNN_ResNet50_FPN_Weights.COCO_V1:
+        overwrite_eps(model, 0.0)
+    if model.roi_heads.box_predictor.cls_score.out_features != num_classes:
+        _replace_predictors(model, num_classes)
+
+
 def _build(
     arch: str,
     *,
@@ -252,14 +290,8 @@ def _build(
     weights are given, else BatchNorm); ``frozen_batchnorm`` is the older spelling of the same choice,
     read from checkpoints written before ``norm`` existed.
     """
-    if arch == "resnet50":
-        detector_enum, backbone_enum, max_trainable = MaskRCNN_ResNet50_FPN_Weights, ResNet50_Weights, 5
-    elif arch == "mobilenet_v3":
-        detector_enum, backbone_enum, max_trainable = None, MobileNet_V3_Large_Weights, 6
-        kwargs = {"rpn_score_thresh": 0.05, **kwargs}  # torchvision's default for its MobileNetV3 detectors
-    else:
-        raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {arch!r}")
-    model_kwargs = dict(kwargs)
+    detector_enum, backbone_enum, max_trainable, arch_kwargs = _arch_spec(arch)
+    model_kwargs = {**arch_kwargs, **kwargs}
     state_dict, weights_enum, num_classes, target_num_classes = _detector_weights(
         weights, detector_enum, num_classes, progress
     )
@@ -269,13 +301,9 @@ def _build(
         weights_backbone, backbone_enum, "weights_backbone", progress
     )
     is_trained = state_dict is not None or backbone_state is not None
-    if norm is None and frozen_batchnorm is None:
-        trainable_backbone_layers = _validate_trainable_layers(
-            is_trained, trainable_backbone_layers, max_trainable, 3
-        )
-    elif trainable_backbone_layers is None:
-        trainable_backbone_layers = max_trainable
-    norm = _resolve_norm(norm, frozen_batchnorm, is_trained)
+    norm, trainable_backbone_layers = _norm_and_trainable_layers(
+        norm, frozen_batchnorm, is_trained, trainable_backbone_layers, max_trainable
+    )
     norm_layer = {"frozen_bn": misc_nn_ops.FrozenBatchNorm2d, "gn": group_norm}.get(norm, nn.BatchNorm2d)
     fpn_norm = group_norm if norm == "gn" else None
     if anchor_sizes is not None:
@@ -290,11 +318,7 @@ def _build(
     if norm == "gn":
         _calibrate_predictors(model)
     if state_dict is not None:
-        model.load_state_dict(state_dict)
-        if weights_enum == MaskRCNN_ResNet50_FPN_Weights.COCO_V1:
-            overwrite_eps(model, 0.0)
-        if target_num_classes != num_classes:
-            _replace_predictors(model, target_num_classes)
+        _load_detector_weights(model, state_dict, weights_enum, target_num_classes)
 
     model.build_config = {
         "arch": arch,
