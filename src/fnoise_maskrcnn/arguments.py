@@ -103,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
         "override (default: synthetic without data flags, else torchvision): "
         + "; ".join(f"{name}: {text}" for name, text in RECIPE_HELP.items()),
     )
+    _add_data_flags(parser)
+    _add_model_flags(parser)
+    _add_f_noise_flags(parser)
+    _add_optim_flags(parser)
+    _add_run_flags(parser)
+    return parser
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """Data: where the images and annotations are, augmentation, batching."""
     data = parser.add_argument_group("data (none given: the synthetic dataset)")
     data.add_argument(
         "--data-path",
@@ -151,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch images of similar aspect ratio (< 0: off)",
     )
 
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Model: architecture, initial weights, normalisation, sizes, MaskRCNN arguments."""
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=ARCHITECTURES, default="resnet50", help="backbone")
     model.add_argument(
@@ -198,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         "rpn_post_nms_top_n_train=1000); VALUE is read as JSON, else as a string",
     )
 
+
+def _add_f_noise_flags(parser: argparse.ArgumentParser) -> None:
+    """F-Noise: whether, how strong, where, in which form and on which schedule."""
     noise = parser.add_argument_group("F-Noise")
     noise.add_argument(
         "--f-noise", action="store_true", help="train with F-Noise between backbone body and FPN"
@@ -257,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
         + "); default all",
     )
 
+
+def _add_optim_flags(parser: argparse.ArgumentParser) -> None:
+    """Optimisation: optimizer, learning-rate schedule, length, precision."""
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=26, help="epochs to train (torchvision's schedule: 26)")
     opt.add_argument("-b", "--batch-size", type=int, default=2, help="images per process and step")
@@ -298,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(faster on CPUs with bf16 instructions; docs/benchmarks.md)",
     )
 
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Run: seed, device, output, evaluation, logging and checkpoint cadence."""
     run = parser.add_argument_group("run")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     run.add_argument("--workers", type=int, default=2, help="data-loading processes per training process")
@@ -342,7 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only evaluate (the --weights, or with --resume the run's last.pth) and exit",
     )
-    return parser
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -38,8 +38,9 @@ def _build_parser(train_mode: bool) -> argparse.ArgumentParser:
             "gap of complete runs as mean ± std, the F-Noise − baseline differences with 95% intervals, the "
             "runs in progress and the compute. "
             "With --train, first train both arms for each seed; every flag compare does not know is "
-            "passed to `python -m fnoise_maskrcnn.train`, after compare's study defaults for the synthetic "
-            "data on a CPU (" + " ".join(STUDY_TRAIN_FLAGS) + "), which --no-study-defaults leaves out."
+            "passed to `python -m fnoise_maskrcnn.train`, after compare's study defaults ("
+            + " ".join(STUDY_TRAIN_FLAGS)
+            + "), which --no-study-defaults leaves out."
         ),
     )
     if not train_mode:
@@ -60,6 +61,12 @@ def _build_parser(train_mode: bool) -> argparse.ArgumentParser:
         + ", ".join(DEFAULT_IGNORED_KEYS)
         + ")",
     )
+    _add_study_flags(parser)
+    return parser
+
+
+def _add_study_flags(parser: argparse.ArgumentParser) -> None:
+    """``--train`` and what the study trains: seeds, sweeps, jobs, devices, its directory."""
     study = parser.add_argument_group("training both arms")
     study.add_argument(
         "--train", action="store_true", help="train the baseline and F-Noise arms, then compare"
@@ -97,7 +104,6 @@ def _build_parser(train_mode: bool) -> argparse.ArgumentParser:
         help="study directory: runs in OUTPUT_DIR/<arm>/seed<S> (default: runs/fnoise-study); running the "
         "same command again keeps finished runs and resumes interrupted ones",
     )
-    return parser
 
 
 def _check_train_flags(

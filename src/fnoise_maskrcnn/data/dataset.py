@@ -22,7 +22,7 @@ import io
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,14 +164,7 @@ class CocoInstances(torch.utils.data.Dataset):
         )
         kept_images = set(image_ids)
 
-        self.skipped = Counter(
-            reason
-            for reason, image_id, cat_id in check.skipped_anns
-            if image_id in kept_images and cat_id in kept_cat_ids
-        )
-        if self.skipped:
-            summary = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
-            logger.warning("%s: annotations left out of the training targets: %s", self.ann_file, summary)
+        self.skipped = self._skipped(check.skipped_anns, kept_images, kept_cat_ids)
 
         images = [img for img in data["images"] if img["id"] in kept_images]
         self._check_image_files(images)
@@ -193,6 +186,21 @@ class CocoInstances(torch.utils.data.Dataset):
             ),
             target_keys=_TARGET_KEYS,
         )
+
+    def _skipped(
+        self, skipped_anns: Iterable[tuple[str, int, int]], kept_images: set[int], kept_cat_ids: set[int]
+    ) -> Counter:
+        """The annotations of the kept images and categories left out of the targets, by reason (logged
+        as one warning)."""
+        skipped = Counter(
+            reason
+            for reason, image_id, cat_id in skipped_anns
+            if image_id in kept_images and cat_id in kept_cat_ids
+        )
+        if skipped:
+            summary = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+            logger.warning("%s: annotations left out of the training targets: %s", self.ann_file, summary)
+        return skipped
 
     def _select_images(
         self,
