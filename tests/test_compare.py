@@ -315,6 +315,29 @@ def test_runs_without_validation_or_epochs(tmp_path):
     assert len(load_run(tmp_path / "a").iterations) == 5  # the half-written line is ignored
 
 
+def test_a_run_is_complete_when_its_last_epoch_is_logged_even_if_an_earlier_record_was_lost(
+    fake_python, tmp_path
+):
+    """Runs of code that saved before evaluating without a pending mark lost an epoch's record when a kill
+    interrupted that evaluation; the study keeps them as finished (and trains nothing again)."""
+    study = tmp_path / "study"
+    for arm, f_noise in (("baseline", False), ("fnoise", True)):
+        write_run(study / arm / "seed0", 0, f_noise, 1.0, 1.0, 0.3, epochs=3)
+    metrics = study / "fnoise" / "seed0" / "metrics.jsonl"
+    kept = [line for line in metrics.read_text().splitlines() if '"epoch": 0, "iteration": 10' not in line]
+    metrics.write_text("\n".join(kept) + "\n")
+    run = load_run(study / "fnoise" / "seed0")
+    assert [r["epoch"] for r in run.epochs] == [1, 2]
+    summary = summarize(group_runs(_runs(study)))
+    assert summary["in_progress"] == [] and [arm["n"] for arm in summary["outcomes"]["arms"]] == [1, 1]
+    assert train_arms([0], study, [], python=fake_python) == [study / "baseline" / "seed0", metrics.parent]
+    assert not (study / "fnoise" / "seed0" / "argv.json").exists()  # kept, not trained again
+
+    # Without its last epoch a run is in progress, however many records it has.
+    metrics.write_text("\n".join(line for line in kept if '"epoch": 2, "iteration": 30' not in line) + "\n")
+    assert summarize(group_runs(_runs(study)))["in_progress"][0]["seed"] == 0
+
+
 def test_bad_runs_give_one_line_errors(study, tmp_path, capsys):
     (study / "baseline" / "seed1" / "metrics.jsonl").write_text('{"type": "iter"\n{"type": "iter"}\n')
     assert main([str(study / "baseline" / "seed1"), "--out", str(tmp_path / "x.png")]) == 2

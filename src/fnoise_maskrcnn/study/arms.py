@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .runs import epoch_records, planned_epochs
+from .runs import epoch_records, logged_final_epoch, planned_epochs
 
 __all__ = [
     "STUDY_TRAIN_FLAGS",
@@ -100,14 +100,14 @@ def study_flags_error(
 
 
 def _run_finished(run_dir: Path) -> bool:
-    """Whether a run has logged all the epochs its ``config.json`` asks for."""
+    """Whether a run has logged the last epoch its ``config.json`` asks for."""
     try:
         config = json.loads((run_dir / "config.json").read_text())
-        epochs = len(epoch_records(run_dir))
+        epochs = epoch_records(run_dir)
     except (OSError, ValueError):  # RunError is a ValueError
         return False
     wanted = planned_epochs(config) if isinstance(config, dict) else None
-    return epochs >= 1 and (wanted is None or epochs >= wanted)
+    return logged_final_epoch(epochs, wanted)
 
 
 def train_arms(

@@ -224,10 +224,22 @@ def load_run(path: Path) -> Run:
     return Run(path, config, iterations, epochs, planned)
 
 
+def logged_final_epoch(epochs: Sequence[Mapping[str, Any]], planned: int | None) -> bool:
+    """Whether epoch records reach the last epoch of ``planned`` (any epoch when ``planned`` is None).
+
+    The last epoch decides, not the count. Before ``train`` marked an epoch's evaluation as pending in the
+    checkpoint it saves first (commit ``e56fef0``), a kill during that evaluation lost the epoch's record
+    for good; such a run is still finished once its final epoch is logged.
+    """
+    numbers = [r["epoch"] for r in epochs if isinstance(r.get("epoch"), int)]
+    return bool(numbers) and (planned is None or max(numbers) + 1 >= planned)
+
+
 def run_complete(run: Run) -> bool:
-    """Whether a run has logged all the epochs its ``config.json`` asks for (at least one when it does not
-    say); a run that has not is still in progress (or was interrupted) and has no final values yet."""
-    return len(run.epochs) >= 1 and (run.planned is None or len(run.epochs) >= run.planned)
+    """Whether a run has logged the last epoch its ``config.json`` asks for (any epoch when it does not
+    say; see :func:`logged_final_epoch`); a run that has not is still in progress (or was interrupted) and
+    has no final values yet."""
+    return logged_final_epoch(run.epochs, run.planned)
 
 
 def _arm_config(config: Mapping[str, Any], ignored: Iterable[str]) -> dict[str, Any]:
