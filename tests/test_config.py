@@ -74,3 +74,26 @@ def test_resume_refuses_a_changed_fixed_field_but_takes_a_longer_schedule(tmp_pa
     with pytest.raises(SystemExit):
         parse(["--resume", "--output-dir", str(tmp_path), "--f-noise-std", "0.3"])
     assert "--f-noise-std 0.3 differs from the run's 0.1" in capsys.readouterr().err
+
+
+def test_model_kwarg_overrides_the_recipe_in_place_and_the_same_command_resumes(tmp_path, capsys):
+    import torch
+
+    recipe = dict(parse([]).config.model.model_kwarg)  # the synthetic recipe's
+    assert recipe["box_batch_size_per_image"] == 32
+    argv = ["--output-dir", str(tmp_path), "--model-kwarg", "box_batch_size_per_image=64"]
+    argv += ["--model-kwarg", "box_detections_per_img=20"]
+    config = parse(argv).config
+    keys = [key for key, _ in config.model.model_kwarg]
+    assert keys == [*recipe, "box_detections_per_img"]  # each key once, the recipe's in their place
+    assert dict(config.model.model_kwarg) == {
+        **recipe,
+        "box_batch_size_per_image": 64,
+        "box_detections_per_img": 20,
+    }
+    torch.save(make_checkpoint({}, {}, [], config=config.to_dict()), tmp_path / "last.pth")
+    resumed = parse([*argv, "--resume"]).config  # e.g. compare resuming a study's run
+    assert resumed.model == config.model and resumed.run.resume
+    with pytest.raises(SystemExit):
+        parse([*argv, "--resume", "--model-kwarg", "box_batch_size_per_image=128"])
+    assert "--model-kwarg" in capsys.readouterr().err.splitlines()[-1]

@@ -41,6 +41,25 @@ def _model_kwarg(text: str) -> list[Any]:
         return [key, value]
 
 
+class _SetKeyword(argparse.Action):
+    """``--model-kwarg KEY=VALUE``, repeatable: sets KEY in the list of ``[KEY, VALUE]`` pairs, in place
+    when the defaults (a recipe's, or a resumed run's) already set it, so that explicit flags override
+    defaults and the same command gives the same list when a run is resumed."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string=None
+    ) -> None:
+        key, value = values
+        pairs = [list(pair) for pair in getattr(namespace, self.dest) or []]
+        for pair in pairs:
+            if pair[0] == key:
+                pair[1] = value
+                break
+        else:
+            pairs.append([key, value])
+        setattr(namespace, self.dest, pairs)
+
+
 def parse_f_noise_std(values: Sequence[str]) -> float | dict[str, float]:
     """``["0.1"]`` -> 0.1; ``["0=0.05", "3=0.2"]`` -> ``{"0": 0.05, "3": 0.2}``; raises ValueError."""
     if len(values) == 1 and "=" not in values[0]:
@@ -203,12 +222,13 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument(
         "--model-kwarg",
-        action="append",
+        action=_SetKeyword,
         default=[],
         metavar="KEY=VALUE",
         type=_model_kwarg,
         help="extra torchvision MaskRCNN argument, repeatable (e.g. box_batch_size_per_image=128, "
-        "rpn_post_nms_top_n_train=1000); VALUE is read as JSON, else as a string",
+        "rpn_post_nms_top_n_train=1000); VALUE is read as JSON, else as a string; a KEY the recipe "
+        "sets takes this VALUE instead",
     )
 
 
