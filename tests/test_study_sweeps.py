@@ -27,7 +27,7 @@ from fnoise_maskrcnn.study import (
     train_arms,
 )
 from fnoise_maskrcnn.study.arms import _run_finished, study_flags_error
-from fnoise_maskrcnn.study.plots import _final_ap_points, _panel_rows
+from fnoise_maskrcnn.study.plots import _final_ap_points, _panel_rows, paired_ap_differences
 
 #: A stand-in for ``python``: writes a 2-epoch run whose segm AP depends on seed and sigma; --resume
 #: completes a run that has one epoch. Every call is appended to calls.jsonl beside the study.
@@ -102,9 +102,12 @@ def test_sweep_of_two_values_and_two_seeds_gives_three_arms_and_the_ap_panel(fak
         ("F-Noise σ=0.1 (elementwise, all levels)", [0, 1]),
         ("F-Noise σ=0.2 (elementwise, all levels)", [0, 1]),
     ]
-    xs, ticks, values, title = _final_ap_points(grouped)
-    assert xs == [0.0, 0.1, 0.2] and title.startswith("F-Noise σ")
+    xs, ticks, values, title, seeds = _final_ap_points(grouped)
+    assert xs == [0.0, 0.1, 0.2] and title.startswith("F-Noise σ") and seeds == [[0, 1]] * 3
     assert values[2] == pytest.approx([0.3 + 0.02 + 0.01, 0.31 + 0.02 + 0.01])
+    differences = paired_ap_differences(grouped, values, seeds)  # AP points, seed by seed
+    assert differences[0] is None
+    assert differences[1] == pytest.approx([1.0, 1.0]) and differences[2] == pytest.approx([2.0, 2.0])
     out = tmp_path / "cmp.png"
     assert main([*map(str, run_dirs), "--out", str(out)]) == 0
     summary = json.loads(out.with_suffix(".json").read_text())

@@ -93,7 +93,9 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: int | None = None, title:
         grid = axes[-1, 0].get_gridspec()
         for ax in axes[-1]:
             ax.remove()
-        _plot_final_ap(figure.add_subplot(grid[-1, :]), *ap_points)
+        half = max(columns // 2, 1)
+        _plot_final_ap(figure.add_subplot(grid[-1, :half]), *ap_points[:4])
+        _plot_paired_differences(figure.add_subplot(grid[-1, half:]), arms, *ap_points)
         axes = axes[:-1]
     for r, (kind, row_title, per_arm) in enumerate(rows):
         low, high = _draw_row(axes[r], arms, kind, per_arm, window)
@@ -165,8 +167,12 @@ def _draw_row(
     return low, high
 
 
-def _final_ap_points(arms: Sequence[Arm]) -> tuple[list[float], list[str], list[list[float]], str] | None:
-    """Final segm AP per arm for the "AP vs σ" panel: x positions, tick labels, seed values, x title.
+FinalAp = tuple[list[float], list[str], list[list[float]], str, list[list[Any]]]
+
+
+def _final_ap_points(arms: Sequence[Arm]) -> FinalAp | None:
+    """Final segm AP per arm for the "AP vs σ" panels: x positions, tick labels, seed values, x title,
+    and the seeds of those values.
 
     x is σ when the arms differ only in ``f_noise_std`` (the baseline at σ = 0), else the arm's index.
     None when no arm has a final segm AP.
@@ -174,7 +180,8 @@ def _final_ap_points(arms: Sequence[Arm]) -> tuple[list[float], list[str], list[
     epoch = final_epoch(arms)
     if epoch is None:
         return None
-    values = [final_values(arm, "segm.AP", epoch)[0] for arm in arms]
+    finals = [final_values(arm, "segm.AP", epoch) for arm in arms]
+    values, seeds = [v for v, _ in finals], [s for _, s in finals]
     if not any(values):
         return None
     noise_arms = [arm for arm in arms if not arm.is_baseline]
@@ -186,8 +193,15 @@ def _final_ap_points(arms: Sequence[Arm]) -> tuple[list[float], list[str], list[
     )
     if by_sigma:
         xs = [0.0 if arm.is_baseline else sigma_of(arm.key.get("f_noise_std")) for arm in arms]
-        return xs, [f"{x:g}" for x in xs], values, "F-Noise σ (0: baseline)"
-    return [float(i) for i in range(len(arms))], [arm.label for arm in arms], values, "arm"
+        return xs, [f"{x:g}" for x in xs], values, "F-Noise σ (0: baseline)", seeds
+    return [float(i) for i in range(len(arms))], [arm.label for arm in arms], values, "arm", seeds
+
+
+def _mean_and_half_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t interval (0 for a single value)."""
+    array = np.asarray(values, dtype=np.float64)
+    half = t975(array.size - 1) * array.std(ddof=1) / math.sqrt(array.size) if array.size > 1 else 0.0
+    return float(array.mean()), float(half)
 
 
 def _plot_final_ap(
@@ -197,12 +211,52 @@ def _plot_final_ap(
     for i, (x, seed_values) in enumerate(zip(xs, values)):
         if not seed_values:
             continue
-        array = np.asarray(seed_values, dtype=np.float64)
-        half = t975(array.size - 1) * array.std(ddof=1) / math.sqrt(array.size) if array.size > 1 else 0.0
-        ax.plot([x] * array.size, array, "o", color=f"C{i}", alpha=0.3, markersize=4)
-        ax.errorbar([x], [array.mean()], yerr=[half], fmt="s", color=f"C{i}", capsize=4, markersize=6)
+        mean, half = _mean_and_half_ci(seed_values)
+        ax.plot([x] * len(seed_values), seed_values, "o", color=f"C{i}", alpha=0.3, markersize=4)
+        ax.errorbar([x], [mean], yerr=[half], fmt="s", color=f"C{i}", capsize=4, markersize=6)
     ax.set_xticks(xs, ticks, fontsize=8)
     ax.set_xlabel(x_title, fontsize=9)
     ax.set_ylabel("final segm AP (val)", fontsize=9)
     ax.set_title("final segm AP per arm: mean ± 95% CI over seeds, seeds as dots", fontsize=10)
+    ax.grid(True, alpha=0.3)
+
+
+def paired_ap_differences(
+    arms: Sequence[Arm], values: Sequence[Sequence[float]], seeds: Sequence[Sequence[Any]]
+) -> list[list[float] | None]:
+    """Per arm, its final segm AP minus the baseline's, seed by seed over the seeds both have, in AP
+    points (``None`` for the baseline itself, and for every arm when there is not exactly one baseline)."""
+    baselines = [i for i, arm in enumerate(arms) if arm.is_baseline]
+    if len(baselines) != 1:
+        return [None] * len(arms)
+    base = dict(zip(seeds[baselines[0]], values[baselines[0]]))
+    return [
+        None if i == baselines[0] else [100 * (v - base[s]) for v, s in zip(vals, arm_seeds) if s in base]
+        for i, (vals, arm_seeds) in enumerate(zip(values, seeds))
+    ]
+
+
+def _plot_paired_differences(
+    ax: Any,
+    arms: Sequence[Arm],
+    xs: list[float],
+    ticks: list[str],
+    values: list[list[float]],
+    x_title: str,
+    seeds: list[list[Any]],
+) -> None:
+    """Each F-Noise arm's final segm AP minus the baseline's, paired by seed, in AP points: mean ± 95% CI
+    (unadjusted) with every seed's difference as a faint dot, and the line of no effect."""
+    differences = paired_ap_differences(arms, values, seeds)
+    for i, (x, diffs) in enumerate(zip(xs, differences)):
+        if not diffs:
+            continue
+        mean, half = _mean_and_half_ci(diffs)
+        ax.plot([x] * len(diffs), diffs, "o", color=f"C{i}", alpha=0.3, markersize=4)
+        ax.errorbar([x], [mean], yerr=[half], fmt="s", color=f"C{i}", capsize=4, markersize=6)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(xs, ticks, fontsize=8)
+    ax.set_xlabel(x_title, fontsize=9)
+    ax.set_ylabel("Δ final segm AP (points)", fontsize=9)
+    ax.set_title("F-Noise − baseline, paired by seed: mean ± 95% CI (unadjusted), seeds as dots", fontsize=10)
     ax.grid(True, alpha=0.3)
