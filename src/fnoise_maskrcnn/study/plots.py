@@ -204,21 +204,35 @@ def _mean_and_half_ci(values: Sequence[float]) -> tuple[float, float]:
     return float(array.mean()), float(half)
 
 
+def _plot_per_arm(
+    ax: Any,
+    xs: list[float],
+    ticks: list[str],
+    per_arm: Sequence[Sequence[float] | None],
+    x_title: str,
+    y_title: str,
+    title: str,
+) -> None:
+    """One mean ± 95% CI marker per arm at its x, every value as a faint dot (arms without values skipped)."""
+    for i, (x, values) in enumerate(zip(xs, per_arm)):
+        if not values:
+            continue
+        mean, half = _mean_and_half_ci(values)
+        ax.plot([x] * len(values), values, "o", color=f"C{i}", alpha=0.3, markersize=4)
+        ax.errorbar([x], [mean], yerr=[half], fmt="s", color=f"C{i}", capsize=4, markersize=6)
+    ax.set_xticks(xs, ticks, fontsize=8)
+    ax.set_xlabel(x_title, fontsize=9)
+    ax.set_ylabel(y_title, fontsize=9)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+
+
 def _plot_final_ap(
     ax: Any, xs: list[float], ticks: list[str], values: list[list[float]], x_title: str
 ) -> None:
     """Mean ± 95% CI of each arm's final segm AP over seeds, with every seed's value as a faint dot."""
-    for i, (x, seed_values) in enumerate(zip(xs, values)):
-        if not seed_values:
-            continue
-        mean, half = _mean_and_half_ci(seed_values)
-        ax.plot([x] * len(seed_values), seed_values, "o", color=f"C{i}", alpha=0.3, markersize=4)
-        ax.errorbar([x], [mean], yerr=[half], fmt="s", color=f"C{i}", capsize=4, markersize=6)
-    ax.set_xticks(xs, ticks, fontsize=8)
-    ax.set_xlabel(x_title, fontsize=9)
-    ax.set_ylabel("final segm AP (val)", fontsize=9)
-    ax.set_title("final segm AP per arm: mean ± 95% CI over seeds, seeds as dots", fontsize=10)
-    ax.grid(True, alpha=0.3)
+    title = "final segm AP per arm: mean ± 95% CI over seeds, seeds as dots"
+    _plot_per_arm(ax, xs, ticks, values, x_title, "final segm AP (val)", title)
 
 
 def paired_ap_differences(
@@ -248,15 +262,6 @@ def _plot_paired_differences(
     """Each F-Noise arm's final segm AP minus the baseline's, paired by seed, in AP points: mean ± 95% CI
     (unadjusted) with every seed's difference as a faint dot, and the line of no effect."""
     differences = paired_ap_differences(arms, values, seeds)
-    for i, (x, diffs) in enumerate(zip(xs, differences)):
-        if not diffs:
-            continue
-        mean, half = _mean_and_half_ci(diffs)
-        ax.plot([x] * len(diffs), diffs, "o", color=f"C{i}", alpha=0.3, markersize=4)
-        ax.errorbar([x], [mean], yerr=[half], fmt="s", color=f"C{i}", capsize=4, markersize=6)
+    title = "F-Noise − baseline, paired by seed: mean ± 95% CI (unadjusted), seeds as dots"
+    _plot_per_arm(ax, xs, ticks, differences, x_title, "Δ final segm AP (points)", title)
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xticks(xs, ticks, fontsize=8)
-    ax.set_xlabel(x_title, fontsize=9)
-    ax.set_ylabel("Δ final segm AP (points)", fontsize=9)
-    ax.set_title("F-Noise − baseline, paired by seed: mean ± 95% CI (unadjusted), seeds as dots", fontsize=10)
-    ax.grid(True, alpha=0.3)
