@@ -37,6 +37,7 @@ from .engine import Hook, NonFiniteLossError, StopSignal, TrainingInterrupted, d
 from .engine.allocator import keep_freed_memory
 from .engine.loop import finish_pending_epoch, train_epochs
 from .engine.run import Run, UserError, lock_output_dir, set_deterministic
+from .engine.state import format_losses
 from .engine.summary import config_lines, print_summary, run_facts
 from .evaluation.coco import format_metrics_table
 from .io.atomic import AtomicWriteError, write_text_atomic
@@ -51,10 +52,9 @@ def _test_only(run: Run) -> int:
         raise UserError("--test-only needs validation data (--val-ann, or --data-path with a val split)")
     result = run.evaluate()
     if run.ctx.is_main:
-        print("val losses: " + "  ".join(f"{k}: {v:.4f}" for k, v in result["val"].items()))
+        print("val losses: " + format_losses(result["val"]))
         if result["train_clean"] is not None:
-            clean = result["train_clean"]
-            print("train losses, F-Noise off: " + "  ".join(f"{k}: {v:.4f}" for k, v in clean.items()))
+            print("train losses, F-Noise off: " + format_losses(result["train_clean"]))
         print(format_metrics_table(result["metrics"]))
     return 0
 

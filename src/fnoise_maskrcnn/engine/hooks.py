@@ -18,7 +18,7 @@ import torch
 from .. import distributed as dist_utils
 from ..evaluation.coco import format_metrics_table
 from ..fnoise import FNoise, FNoiseSchedule
-from .state import format_eta, peak_memory_mb
+from .state import format_eta, format_losses, peak_memory_mb
 
 if TYPE_CHECKING:
     from .run import Run
@@ -147,7 +147,7 @@ class ProgressPrinter(Hook):
         done, total = step.epoch_iteration + 1, step.iters_in_epoch
         eta = (time.perf_counter() - self.start) / (done - self.done_at_start) * (total - done)
         memory_name, memory = peak_memory_mb(run.device)
-        losses = "  ".join(f"{k}: {v:.4f}" for k, v in step.output.losses.items())
+        losses = format_losses(step.output.losses)
         print(
             f"Epoch: [{step.epoch}]  [{done:>{len(str(total))}}/{total}]  eta: {format_eta(eta)}  "
             f"lr: {step.output.lr:.6f}  {losses}  time: {step.time:.4f}  data: {step.data_time:.4f}  "
@@ -214,10 +214,9 @@ class Evaluator(Hook):
                 per_category=metrics["per_category"],
                 val_images_evaluated=metrics["num_images"],
             )
-            print("Validation losses: " + "  ".join(f"{k}: {v:.4f}" for k, v in record["val"].items()))
+            print("Validation losses: " + format_losses(record["val"]))
             if result["train_clean"] is not None:
-                clean = result["train_clean"]
-                print("Training losses, F-Noise off: " + "  ".join(f"{k}: {v:.4f}" for k, v in clean.items()))
+                print("Training losses, F-Noise off: " + format_losses(result["train_clean"]))
             print(format_metrics_table(metrics), flush=True)
         segm_ap = dist_utils.all_gather_objects(metrics["segm"]["AP"] if metrics else None)[0]
         if run.best_metric is None or (segm_ap is not None and segm_ap > run.best_metric):

@@ -279,5 +279,10 @@ def to_device(
     return images, targets
 
 
+def format_losses(values: Mapping[str, float]) -> str:
+    """``"loss: 1.2345  loss_classifier: 0.4567 ..."``: a dict of losses (or ratios) on one console line."""
+    return "  ".join(f"{k}: {v:.4f}" for k, v in values.items())
+
+
 def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))

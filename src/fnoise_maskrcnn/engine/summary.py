@@ -6,7 +6,7 @@ from typing import Any
 
 from ..study.runs import epoch_records
 from .run import Run
-from .state import LOSS_NAMES
+from .state import LOSS_NAMES, format_losses
 
 __all__ = ["print_summary", "config_lines", "run_facts"]
 
@@ -86,7 +86,7 @@ def print_summary(run: Run, last_epoch: dict[str, Any] | None, seconds: float) -
         if f_noise.enabled:
             print(f"  F-Noise: {f_noise.describe()}")
         if last_epoch.get("f_noise_nsr"):
-            nsr = "  ".join(f"{k}: {v:.4f}" for k, v in last_epoch["f_noise_nsr"].items())
+            nsr = format_losses(last_epoch["f_noise_nsr"])
             print(f"  F-Noise noise-to-signal ratio per level (last epoch): {nsr}")
     print(f"Files in {out}:")
     print(f"  {out / 'config.json'}    the resolved configuration")
@@ -106,10 +106,6 @@ def print_summary(run: Run, last_epoch: dict[str, Any] | None, seconds: float) -
             f"  python -m fnoise_maskrcnn.predict --checkpoint {out / 'best.pth'} --score-thresh 0.3 "
             f"--out-dir {out / 'predictions'} {image}"
         )
-
-
-def _fmt_time(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(seconds)))
 
 
 def _fmt_time(seconds: float) -> str:
