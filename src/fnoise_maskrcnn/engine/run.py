@@ -139,7 +139,9 @@ def _loaders(
     ctx: dist_utils.DistributedContext,
     train_set: CocoInstances,
     val_set: CocoInstances | None,
-) -> tuple[DataLoader, DataLoader | None]:
+) -> tuple[DataLoader, DataLoader | None, DataLoader | None]:
+    """The training and validation loaders, and the clean-training-loss loader: the first
+    ``train_loss_images`` training images in id order with the validation transforms (None when 0)."""
     data, seed = config.data, config.run.seed
     common = {
         "batch_size": data.batch_size,
@@ -151,27 +153,13 @@ def _loaders(
         train_set, train=True, aspect_ratio_group_factor=data.aspect_ratio_group_factor, **common
     )
     val_loader = build_dataloader(val_set, train=False, **common) if val_set is not None else None
-    return train_loader, val_loader
-
-
-def _train_loss_loader(
-    config: TrainConfig, ctx: dist_utils.DistributedContext, train_set: CocoInstances
-) -> DataLoader | None:
-    """The first ``train_loss_images`` training images, in id order, with the validation transforms:
-    what :meth:`Run.evaluate` measures the clean training loss on (None when it is 0)."""
-    count = min(config.data.train_loss_images, len(train_set))
-    if count == 0:
-        return None
-    clean = copy.copy(train_set)  # shares the annotations; only the transforms differ
-    clean.transforms = build_transforms(False)
-    return build_dataloader(
-        Subset(clean, range(count)),
-        batch_size=config.data.batch_size,
-        train=False,
-        workers=config.data.workers,
-        distributed=ctx.distributed,
-        seed=config.run.seed,
-    )
+    count = min(data.train_loss_images, len(train_set))
+    train_loss_loader = None
+    if count:
+        clean = copy.copy(train_set)  # shares the annotations; only the transforms differ
+        clean.transforms = build_transforms(False)
+        train_loss_loader = build_dataloader(Subset(clean, range(count)), train=False, **common)
+    return train_loader, val_loader, train_loss_loader
 
 
 def _model(config: TrainConfig, num_classes: int, resumed: dict[str, Any] | None) -> nn.Module:
@@ -214,8 +202,9 @@ class Run:
         run.data = resolve_data(config)
         run.train_set, run.val_set = _datasets(config, run.data)
         run.categories = run.train_set.categories
-        run.train_loader, run.val_loader = _loaders(config, ctx, run.train_set, run.val_set)
-        run.train_loss_loader = _train_loss_loader(config, ctx, run.train_set)
+        run.train_loader, run.val_loader, run.train_loss_loader = _loaders(
+            config, ctx, run.train_set, run.val_set
+        )
         run.iters_per_epoch = len(run.train_loader)
         seed = config.run.seed
         # Same seed -> same initial weights, with or without F-Noise; the noise has its own generator.
