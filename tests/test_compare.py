@@ -158,6 +158,16 @@ def test_other_differences_split_arms_and_show_in_labels(tmp_path):
     assert len(group_runs(_runs_of(tmp_path, "ab"), ignored_keys=("seed", "output_dir", "lr"))) == 1
 
 
+def test_the_clean_training_loss_pass_does_not_split_arms(study):
+    # a study resumed by a newer compare adds --train-loss-images to its later seeds; the pass measures
+    # and changes nothing that is learnt, so those seeds join the arms of the earlier ones
+    write_run(study / "baseline" / "seed3", 3, False, 1.0, 1.0, 0.3, train_loss_images=64, clean_train=0.9)
+    write_run(study / "fnoise" / "seed3", 3, True, 1.0, 1.0, 0.3, train_loss_images=64, clean_train=0.9)
+    arms = group_runs(_runs(study))
+    assert [arm.label for arm in arms] == ["baseline", "F-Noise σ=0.1 (elementwise, all levels)"]
+    assert [arm.seeds for arm in arms] == [[0, 1, 2, 3], [0, 1, 2, 3]]
+
+
 def _runs_of(root: Path, names: str):
     return [load_run(root / name) for name in names]
 

@@ -51,7 +51,8 @@ F_NOISE_KEYS = (
     "f_noise_warmup_iters",
 )
 #: config.json keys that never make two runs different arms: the seed, bookkeeping that does not change
-#: what is learnt, and ``model_config`` (derived from the flags that are compared themselves).
+#: what is learnt (``train_loss_images`` only adds a measurement pass with F-Noise off), and
+#: ``model_config`` (derived from the flags that are compared themselves).
 DEFAULT_IGNORED_KEYS = (
     "seed",
     "output_dir",
@@ -63,6 +64,7 @@ DEFAULT_IGNORED_KEYS = (
     "device",
     "test_only",
     "eval_every",
+    "train_loss_images",
     "model_config",
 )
 
