@@ -67,6 +67,25 @@ def test_training_lowers_the_loss(synthetic_coco, tmp_path):
     assert [step for step, _ in scalars["epoch_train/loss"]] == list(range(1, 9))
 
 
+def test_a_fresh_run_sets_aside_the_metrics_of_a_run_with_no_checkpoint(synthetic_coco, tmp_path, capsys):
+    """A run killed in its first epoch leaves metrics.jsonl but no last.pth; started again (as compare does),
+    the new run writes a clean metrics.jsonl and the old records are kept beside it, not appended to."""
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [{"type": "iter", "epoch": 0, "iteration": i, "loss": 9.0} for i in range(3)]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale))
+    (out / "metrics.jsonl.1").write_text("older\n")
+    argv = [*data_flags(synthetic_coco, val=False), *TINY_MODEL, "--max-images", "2", "-b", "2"]
+    argv += ["--epochs", "1", "--workers", "0", "--print-freq", "1", "--output-dir", str(out)]
+    assert train.main(argv) == 0
+    records = [r for r in read_metrics(out) if r["type"] != "run"]
+    assert [(r["type"], r["iteration"]) for r in records] == [("iter", 0), ("epoch", 1)]
+    assert records[0]["loss"] != 9.0
+    assert [json.loads(line) for line in (out / "metrics.jsonl.2").read_text().splitlines()] == stale
+    assert (out / "metrics.jsonl.1").read_text() == "older\n"
+    assert f"kept as {out / 'metrics.jsonl.2'}" in capsys.readouterr().out
+
+
 def test_clean_training_loss_is_measured_as_the_validation_loss_is(synthetic_coco, tmp_path):
     """Trained on its own validation images, the clean training loss equals the validation loss exactly
     (validation transforms, F-Noise off, the same fixed sampler stream), and measuring it changes no

@@ -22,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from .io.atomic import write_text_atomic
 
-__all__ = ["RunLogger", "truncate_metrics"]
+__all__ = ["RunLogger", "set_aside_metrics", "truncate_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -45,6 +45,23 @@ def truncate_metrics(path: Path, iteration: int, epoch: int) -> None:
             continue
         kept.append(line)
     write_text_atomic("".join(line + "\n" for line in kept), path)
+
+
+def set_aside_metrics(path: Path) -> Path | None:
+    """Renames a non-empty ``path`` to the first free ``<path>.1``, ``<path>.2`` ... and returns the new name.
+
+    A run started afresh (not resumed) in a directory whose ``metrics.jsonl`` was left by a run that has no
+    checkpoint to resume (killed in its first epoch, or copied without it) would otherwise append to the
+    old records and hold the same steps twice. Returns None when there was nothing to set aside.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    number = 1
+    while path.with_name(f"{path.name}.{number}").exists():
+        number += 1
+    target = path.with_name(f"{path.name}.{number}")
+    path.rename(target)
+    return target
 
 
 class RunLogger:

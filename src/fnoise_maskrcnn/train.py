@@ -42,7 +42,7 @@ from .engine.summary import config_lines, print_summary, run_facts
 from .evaluation.coco import format_metrics_table
 from .io.atomic import AtomicWriteError, write_text_atomic
 from .io.checkpoint import CheckpointError
-from .metrics_log import RunLogger, truncate_metrics
+from .metrics_log import RunLogger, set_aside_metrics, truncate_metrics
 
 __all__ = ["build_parser", "main"]
 
@@ -96,8 +96,12 @@ def _train(run: Run, hooks: Sequence[Hook], pending: dict | None) -> int:
 
 
 def _start(run: Run, resumed: dict | None) -> None:
-    """Saves the configuration (once), prints what the run is, and opens the metrics writer."""
+    """Saves the configuration (once), prints what the run is, and opens the metrics writer.
+
+    A resumed run drops the records its interrupted session wrote after the checkpoint; a fresh run sets
+    aside a ``metrics.jsonl`` left by an earlier run that has no checkpoint, rather than append to it."""
     out, config = run.output_dir, run.config
+    purge = run.state.iteration if resumed is not None else None
     if run.ctx.is_main:
         write_text_atomic(json.dumps(config.to_dict(), indent=2) + "\n", out / "config.json")
         print("\n".join(config_lines(run)), flush=True)
@@ -108,7 +112,9 @@ def _start(run: Run, resumed: dict | None) -> None:
             print(
                 f"resuming from {out / 'last.pth'}: epoch {run.state.epoch}, iteration {run.state.iteration}"
             )
-    purge = run.state.iteration if resumed is not None else None
+        elif (stale := set_aside_metrics(out / "metrics.jsonl")) is not None:
+            print(f"{out / 'metrics.jsonl'} of an earlier run with no checkpoint to resume kept as {stale}")
+            purge = 0  # that run's TensorBoard events are hidden as well
     run.logger = RunLogger(out, enabled=run.ctx.is_main, purge_step=purge)
     run.logger.run(run_facts(run))
 
