@@ -168,6 +168,23 @@ def test_the_clean_training_loss_pass_does_not_split_arms(study):
     assert [arm.seeds for arm in arms] == [[0, 1, 2, 3], [0, 1, 2, 3]]
 
 
+def test_runs_of_another_precision_are_another_arm(tmp_path):
+    def run(name: str, seed: int, precision: str | None) -> Path:
+        path = write_run(tmp_path / name, seed, False, 1.0, 1.0, 0.3, amp=True)
+        if precision is not None:  # runs before the "run" record said it were bfloat16 under --amp on the CPU
+            with open(path / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"type": "run", "device": "cpu", "precision": precision}) + "\n")
+        return path
+
+    run("a", 0, None), run("b", 1, "bfloat16"), run("c", 2, "float32")
+    arms = group_runs(_runs_of(tmp_path, "abc"))
+    assert [(arm.label, arm.seeds) for arm in arms] == [
+        ("baseline, precision=bfloat16", [0, 1]),
+        ("baseline, precision=float32", [2]),
+    ]
+    assert len(group_runs(_runs_of(tmp_path, "abc"), ignored_keys=("seed", "output_dir", "precision"))) == 1
+
+
 def _runs_of(root: Path, names: str):
     return [load_run(root / name) for name in names]
 

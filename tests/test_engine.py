@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from fnoise_maskrcnn.data.loader import GroupedBatchSampler, SeededRandomSampler
 from fnoise_maskrcnn.engine import DataRng, LrSchedule, StopSignal, autocast, skip_batches
+from fnoise_maskrcnn.engine.state import amp_precision, cpu_has_bfloat16
 from fnoise_maskrcnn.metrics_log import truncate_metrics
 
 
@@ -114,6 +115,19 @@ def test_truncate_metrics_drops_records_after_the_checkpoint(tmp_path):
         ("epoch", 3),
         ("iter", 3),
     ]
+
+
+@pytest.mark.parametrize("avx512_bf16, amx", [(False, False), (True, False), (False, True)])
+def test_amp_precision_follows_the_device_and_the_cpus_bfloat16_instructions(monkeypatch, avx512_bf16, amx):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    native = avx512_bf16 or amx
+    assert cpu_has_bfloat16() is native
+    assert amp_precision(torch.device("cpu"), True) == ("bfloat16" if native else "float32")
+    assert amp_precision(torch.device("cuda"), True) == "float16"
+    assert (
+        amp_precision(torch.device("cpu"), False) == amp_precision(torch.device("cuda"), False) == "float32"
+    )
 
 
 def test_amp_autocast_is_bfloat16_on_the_cpu_and_off_without_amp():

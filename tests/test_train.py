@@ -86,6 +86,36 @@ def test_a_fresh_run_sets_aside_the_metrics_of_a_run_with_no_checkpoint(syntheti
     assert f"kept as {out / 'metrics.jsonl.2'}" in capsys.readouterr().out
 
 
+def test_amp_on_a_cpu_without_bfloat16_trains_in_float32_and_says_so(
+    synthetic_coco, tmp_path, monkeypatch, capsys
+):
+    """Emulated bfloat16 is an order of magnitude slower than float32, so --amp (on in the synthetic and
+    cpu-scratch recipes) trains such a CPU in float32: the same numbers as --no-amp, recorded as such."""
+    monkeypatch.setattr("fnoise_maskrcnn.engine.state.cpu_has_bfloat16", lambda: False)
+    argv = [
+        *data_flags(synthetic_coco, val=False),
+        *TINY_MODEL,
+        "--max-images",
+        "2",
+        "-b",
+        "2",
+        "--epochs",
+        "1",
+    ]
+    argv += ["--workers", "0", "--print-freq", "1", "--deterministic"]
+    runs = {}
+    for amp in ("--amp", "--no-amp"):
+        out = tmp_path / amp
+        assert train.main([*argv, amp, "--output-dir", str(out)]) == 0
+        runs[amp] = read_metrics(out)
+    console = capsys.readouterr().out
+    assert "float32 (--amp is off on this CPU: it has no bfloat16 instructions" in console
+    for records in runs.values():
+        assert [r["precision"] for r in records if r["type"] == "run"] == ["float32"]
+    losses = [[r["loss"] for r in records if r["type"] == "iter"] for records in runs.values()]
+    assert losses[0] == losses[1]
+
+
 def test_clean_training_loss_is_measured_as_the_validation_loss_is(synthetic_coco, tmp_path):
     """Trained on its own validation images, the clean training loss equals the validation loss exactly
     (validation transforms, F-Noise off, the same fixed sampler stream), and measuring it changes no

@@ -333,8 +333,9 @@ def _add_optim_flags(parser: argparse.ArgumentParser) -> None:
         "--amp",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="mixed precision: float16 autocast + GradScaler on CUDA, bfloat16 autocast on the CPU "
-        "(faster on CPUs with bf16 instructions; docs/benchmarks.md)",
+        help="mixed precision: float16 autocast + GradScaler on CUDA, bfloat16 autocast on a CPU with "
+        "bfloat16 instructions (AVX-512-BF16 or AMX); other CPUs train in float32, as emulated bfloat16 is "
+        "much slower (docs/training.md)",
     )
 
 

@@ -19,6 +19,7 @@ from .state import (
     StopSignal,
     TrainingInterrupted,
     TrainState,
+    amp_precision,
     autocast,
     skip_batches,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "StopSignal",
     "TrainState",
     "TrainingInterrupted",
+    "amp_precision",
     "autocast",
     "default_hooks",
     "evaluate_ap",

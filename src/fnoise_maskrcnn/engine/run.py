@@ -32,7 +32,7 @@ from ..io.run_lock import RunLock, RunLockedError, remove_stale_temporaries
 from ..metrics_log import RunLogger
 from ..models import build_model
 from .evaluation import evaluate_ap, evaluate_losses
-from .state import DataRng, LrSchedule, StopSignal, TrainingInterrupted, TrainState
+from .state import DataRng, LrSchedule, StopSignal, TrainingInterrupted, TrainState, amp_precision
 
 __all__ = [
     "Run",
@@ -258,8 +258,15 @@ class Run:
         self.scaler = torch.amp.GradScaler("cuda") if optim.amp and self.device.type == "cuda" else None
 
     @property
+    def precision(self) -> str:
+        """What ``--amp`` resolved to here: ``"float16"``, ``"bfloat16"`` or ``"float32"``
+        (:func:`fnoise_maskrcnn.engine.state.amp_precision`)."""
+        return amp_precision(self.device, self.config.optim.amp)
+
+    @property
     def amp(self) -> bool:
-        return self.config.optim.amp
+        """Whether training and evaluation run under autocast (``--amp``, where it pays off)."""
+        return self.precision != "float32"
 
     @property
     def clip_grad(self) -> float:
@@ -337,7 +344,7 @@ class Run:
         the clean training losses (``"train_clean"``: measured as the validation losses are, F-Noise off;
         else None)."""
         assert self.val_loader is not None and self.val_set is not None
-        amp = self.config.optim.amp
+        amp = self.amp
         val = evaluate_losses(self.ddp_model, self.val_loader, self.device, amp, self.check_stop)
         train_clean = None
         if self.train_loss_loader is not None:

@@ -29,7 +29,9 @@ __all__ = [
     "TrainingInterrupted",
     "StopSignal",
     "DataRng",
+    "amp_precision",
     "autocast",
+    "cpu_has_bfloat16",
     "skip_batches",
     "to_device",
     "unwrap",
@@ -252,6 +254,27 @@ def skip_batches(loader: DataLoader, skip: int) -> DataLoader:
         pin_memory=loader.pin_memory,
         generator=loader.generator,
     )
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512-BF16 or AMX). Without it oneDNN emulates
+    bfloat16, and a Mask R-CNN training step under bf16 autocast is an order of magnitude slower than in
+    float32 (docs/benchmarks.md)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def amp_precision(device: torch.device, amp: bool) -> str:
+    """The precision ``--amp`` resolves to on ``device``: ``"float16"`` autocast on CUDA, ``"bfloat16"``
+    autocast on other devices, except a CPU without bfloat16 instructions (see :func:`cpu_has_bfloat16`),
+    which trains in ``"float32"``; ``"float32"`` without ``amp``."""
+    if not amp:
+        return "float32"
+    if device.type == "cuda":
+        return "float16"
+    if device.type == "cpu" and not cpu_has_bfloat16():
+        return "float32"
+    return "bfloat16"
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

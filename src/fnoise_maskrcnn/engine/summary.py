@@ -23,9 +23,18 @@ def config_lines(run: Run) -> list[str]:
         f"{config.model.min_size}-{config.model.max_size} px; F-Noise: {config.model.f_noise.describe()}",
         f"training: {config.optim.epochs} epochs x {run.iters_per_epoch} iterations, batch "
         f"{config.data.batch_size} x {run.ctx.world_size} process(es), {config.optim.opt} "
-        f"lr {config.optim.lr:g} ({config.optim.lr_scheduler}), amp {config.optim.amp}, "
+        f"lr {config.optim.lr:g} ({config.optim.lr_scheduler}), {_precision(run)}, "
         f"device {run.device}, seed {config.run.seed}",
     ]
+
+
+def _precision(run: Run) -> str:
+    """``"amp bfloat16"`` and the like, or why ``--amp`` trains in float32 here."""
+    if run.amp:
+        return f"amp {run.precision}"
+    if run.config.optim.amp:
+        return "float32 (--amp is off on this CPU: it has no bfloat16 instructions, emulating them is slower)"
+    return "float32"
 
 
 def run_facts(run: Run) -> dict[str, Any]:
@@ -38,6 +47,7 @@ def run_facts(run: Run) -> dict[str, Any]:
         "val_ann": str(run.data.val_ann) if run.data.val_ann else None,
         "synthetic_data": run.data.synthetic,
         "device": str(run.device),
+        "precision": run.precision,
         "world_size": run.ctx.world_size,
         "iters_per_epoch": run.iters_per_epoch,
         "num_train_images": len(run.train_set),

@@ -83,6 +83,9 @@ class Run:
         iterations: the ``"iter"`` records of ``metrics.jsonl``, by increasing ``iteration``.
         epochs: the ``"epoch"`` records, by increasing ``epoch``.
         planned: the number of epochs ``config.json`` asks for (``None`` when it does not say).
+        precision: what ``--amp`` resolved to: ``"float16"``, ``"bfloat16"`` or ``"float32"`` (the
+            ``"run"`` record says it; for runs that predate that record, what ``--amp`` always meant
+            then: float16 on CUDA, else bfloat16). Runs of different precision are different arms.
     """
 
     path: Path
@@ -90,6 +93,7 @@ class Run:
     iterations: list[dict[str, Any]]
     epochs: list[dict[str, Any]]
     planned: int | None = None
+    precision: str | None = None
 
     @property
     def seed(self) -> Any:
@@ -205,7 +209,7 @@ def load_run(path: Path) -> Run:
         config = TrainConfig.read(config).flags()
     except (TypeError, ValueError) as exc:
         raise RunError(f"{config_file}: not a training configuration ({exc})") from None
-    iterations, epochs = [], []
+    iterations, epochs, facts = [], [], {}
     for number, record in _metrics_records(metrics_file):
         kind = record.get("type") if isinstance(record, dict) else None
         if kind == "iter":
@@ -219,11 +223,23 @@ def load_run(path: Path) -> Run:
             if not isinstance(record.get("epoch"), int):
                 raise RunError(f"{metrics_file}:{number}: an 'epoch' record needs an integer 'epoch'")
             epochs.append(record)
-        elif kind != "run":
+        elif kind == "run":
+            facts = record
+        else:
             raise RunError(f"{metrics_file}:{number}: expected a record with 'type' 'iter', 'epoch' or 'run'")
     iterations.sort(key=lambda r: r["iteration"])
     epochs.sort(key=lambda r: r["epoch"])
-    return Run(path, config, iterations, epochs, planned)
+    return Run(path, config, iterations, epochs, planned, _precision(config, facts))
+
+
+def _precision(config: Mapping[str, Any], facts: Mapping[str, Any]) -> str:
+    """The run's precision: its last ``"run"`` record's, else what ``--amp`` meant before it was recorded."""
+    if facts.get("precision"):
+        return str(facts["precision"])
+    if not config.get("amp"):
+        return "float32"
+    device = str(facts.get("device") or config.get("device") or "")
+    return "float16" if device.startswith("cuda") else "bfloat16"
 
 
 def logged_final_epoch(epochs: Sequence[Mapping[str, Any]], planned: int | None) -> bool:
@@ -304,13 +320,13 @@ def group_runs(runs: Sequence[Run], ignored_keys: Iterable[str] = DEFAULT_IGNORE
     """Groups runs into arms by configuration; baseline arms first, then F-Noise arms by sigma.
 
     An arm's key holds the F-Noise settings and every other configuration value that differs between
-    the given runs (keys in ``ignored_keys`` never count).
+    the given runs, the precision ``--amp`` resolved to included (keys in ``ignored_keys`` never count).
 
     Raises:
         RunError: two runs of the same arm have the same seed (they would not be independent samples).
     """
     ignored = set(ignored_keys)
-    configs = [_arm_config(run.config, ignored) for run in runs]
+    configs = [_arm_config({**run.config, "precision": run.precision}, ignored) for run in runs]
     all_keys = sorted({k for config in configs for k in config})
     varying = [
         k
