@@ -47,6 +47,13 @@ def data_flags(data, val: bool = True) -> list[str]:
     return flags
 
 
+def two_image_run(data, epochs: int) -> list[str]:
+    """Flags of a tiny run: the first two training images, one batch of two per epoch, no validation, no
+    workers, every iteration logged."""
+    flags = [*data_flags(data, val=False), *TINY_MODEL, "--max-images", "2", "-b", "2"]
+    return [*flags, "--epochs", str(epochs), "--workers", "0", "--print-freq", "1"]
+
+
 def read_metrics(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 

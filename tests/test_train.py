@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from _training import TINY_MODEL, Inject, data_flags, read_metrics, tensorboard_scalars
+from _training import TINY_MODEL, Inject, data_flags, read_metrics, tensorboard_scalars, two_image_run
 from fnoise_maskrcnn import train
 from fnoise_maskrcnn.arguments import parse
 from fnoise_maskrcnn.distributed import init_distributed
@@ -19,26 +19,8 @@ from fnoise_maskrcnn.io.checkpoint import load_checkpoint, make_checkpoint
 
 def test_training_lowers_the_loss(synthetic_coco, tmp_path):
     out = tmp_path / "run"
-    argv = [
-        *data_flags(synthetic_coco, val=False),
-        *TINY_MODEL,
-        "--max-images",
-        "2",
-        "-b",
-        "2",
-        "--epochs",
-        "8",
-        "--lr",
-        "0.02",
-        "--warmup-iters",
-        "0",
-        "--workers",
-        "0",
-        "--print-freq",
-        "1",
-        "--output-dir",
-        str(out),
-    ]
+    argv = [*two_image_run(synthetic_coco, epochs=8), "--lr", "0.02", "--warmup-iters", "0"]
+    argv += ["--output-dir", str(out)]
     assert train.main(argv) == 0
     records = read_metrics(out)
     iters = [r for r in records if r["type"] == "iter"]
@@ -75,9 +57,7 @@ def test_a_fresh_run_sets_aside_the_metrics_of_a_run_with_no_checkpoint(syntheti
     stale = [{"type": "iter", "epoch": 0, "iteration": i, "loss": 9.0} for i in range(3)]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale))
     (out / "metrics.jsonl.1").write_text("older\n")
-    argv = [*data_flags(synthetic_coco, val=False), *TINY_MODEL, "--max-images", "2", "-b", "2"]
-    argv += ["--epochs", "1", "--workers", "0", "--print-freq", "1", "--output-dir", str(out)]
-    assert train.main(argv) == 0
+    assert train.main([*two_image_run(synthetic_coco, epochs=1), "--output-dir", str(out)]) == 0
     records = [r for r in read_metrics(out) if r["type"] != "run"]
     assert [(r["type"], r["iteration"]) for r in records] == [("iter", 0), ("epoch", 1)]
     assert records[0]["loss"] != 9.0
@@ -92,17 +72,7 @@ def test_amp_on_a_cpu_without_bfloat16_trains_in_float32_and_says_so(
     """Emulated bfloat16 is an order of magnitude slower than float32, so --amp (on in the synthetic and
     cpu-scratch recipes) trains such a CPU in float32: the same numbers as --no-amp, recorded as such."""
     monkeypatch.setattr("fnoise_maskrcnn.engine.state.cpu_has_bfloat16", lambda: False)
-    argv = [
-        *data_flags(synthetic_coco, val=False),
-        *TINY_MODEL,
-        "--max-images",
-        "2",
-        "-b",
-        "2",
-        "--epochs",
-        "1",
-    ]
-    argv += ["--workers", "0", "--print-freq", "1", "--deterministic"]
+    argv = [*two_image_run(synthetic_coco, epochs=1), "--deterministic"]
     runs = {}
     for amp in ("--amp", "--no-amp"):
         out = tmp_path / amp
