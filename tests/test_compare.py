@@ -19,6 +19,7 @@ from fnoise_maskrcnn.study import (
     RunError,
     group_runs,
     load_run,
+    precision_conflict,
     summarize,
     summary_markdown,
     train_arms,
@@ -408,6 +409,31 @@ def test_train_mode_checks_flags_before_training(flags, message, tmp_path, capsy
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_train_mode_refuses_to_add_runs_of_another_precision(native_bf16, tmp_path, monkeypatch, capsys):
+    """A bfloat16 study resumed on a CPU without bfloat16 instructions (where --amp trains in float32)
+    would add float32 runs that form arms of their own: refused before anything trains. On a CPU with
+    them the same study has no conflict."""
+    monkeypatch.setattr("fnoise_maskrcnn.engine.state.cpu_has_bfloat16", lambda: native_bf16)
+    study = tmp_path / "study"
+    done = write_run(study / "baseline" / "seed0", 0, False, 1.0, 1.0, 0.3, amp=True, epochs=3)
+    with open(done / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"type": "run", "device": "cpu", "precision": "bfloat16"}) + "\n")
+    arms = [("baseline", []), ("fnoise", ["--f-noise"])]
+    conflict = precision_conflict(study, arms, [0], "float32" if not native_bf16 else "bfloat16")
+    if native_bf16:
+        assert conflict is None
+        return
+    assert conflict.startswith(f"{done} trained in bfloat16, but this machine would train")
+    # nothing left to train: no conflict
+    assert precision_conflict(study, arms[:1], [0], "float32") is None
+    argv = ["--train", "--seeds", "0", "--epochs", "3", "--devices", "cpu", "--output-dir", str(study)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"error: {done} trained in bfloat16")
+    assert sorted(p.name for p in study.iterdir()) == ["baseline"]  # nothing trained, no log written
 
 
 FAKE_TRAIN = """\

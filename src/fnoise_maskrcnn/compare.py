@@ -20,7 +20,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .study.arms import STUDY_TRAIN_FLAGS, ArmSpec, parse_sweep, study_arms, study_flags_error, train_arms
+from .study.arms import (
+    STUDY_TRAIN_FLAGS,
+    ArmSpec,
+    parse_sweep,
+    precision_conflict,
+    study_arms,
+    study_flags_error,
+    train_arms,
+)
 from .study.comparison import load_arms, write_comparison
 from .study.runs import DEFAULT_IGNORED_KEYS, RunError
 
@@ -122,6 +130,17 @@ def _check_train_flags(
         train_parser.parse_args([*defaults, *flags, *arm_flags, "--seed", "0"])
 
 
+def _precision_here(args: argparse.Namespace, train_flags: Sequence[str]) -> str:
+    """What ``--amp`` of the study's training flags resolves to on this machine (first of ``--devices``)."""
+    from .arguments import parse as parse_train_flags
+    from .device import resolve_device
+    from .engine.state import amp_precision
+
+    config = parse_train_flags([*train_flags, "--seed", "0"]).config
+    device = resolve_device(args.devices[0] if args.devices else config.run.device)
+    return amp_precision(device, config.optim.amp)
+
+
 def _train_study(
     parser: argparse.ArgumentParser, args: argparse.Namespace, train_flags: list[str]
 ) -> tuple[Path, list[Path]]:
@@ -140,6 +159,11 @@ def _train_study(
     arms = study_arms(args.sweep, baseline=not args.no_baseline)
     defaults = () if args.no_study_defaults else STUDY_TRAIN_FLAGS
     _check_train_flags(parser, defaults, train_flags, arms)
+    conflict = precision_conflict(
+        args.output_dir, arms, args.seeds, _precision_here(args, [*defaults, *train_flags])
+    )
+    if conflict is not None:
+        raise RuntimeError(conflict)
     run_dirs = train_arms(
         args.seeds,
         args.output_dir,

@@ -54,6 +54,7 @@ _PUBLIC = {
     "write_comparison": ".comparison",
     "STUDY_TRAIN_FLAGS": ".arms",
     "parse_sweep": ".arms",
+    "precision_conflict": ".arms",
     "study_arms": ".arms",
     "train_arms": ".arms",
 }
@@ -63,6 +64,7 @@ __all__ = list(_PUBLIC)
 if TYPE_CHECKING:
     from .arms import STUDY_TRAIN_FLAGS as STUDY_TRAIN_FLAGS
     from .arms import parse_sweep as parse_sweep
+    from .arms import precision_conflict as precision_conflict
     from .arms import study_arms as study_arms
     from .arms import train_arms as train_arms
     from .comparison import load_arms as load_arms

@@ -16,13 +16,14 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .runs import epoch_records, logged_final_epoch, planned_epochs
+from .runs import RunError, epoch_records, load_run, logged_final_epoch, planned_epochs
 
 __all__ = [
     "STUDY_TRAIN_FLAGS",
     "PER_RUN_FLAGS",
     "ArmSpec",
     "parse_sweep",
+    "precision_conflict",
     "study_arms",
     "study_flags_error",
     "train_arms",
@@ -108,6 +109,31 @@ def _run_finished(run_dir: Path) -> bool:
         return False
     wanted = planned_epochs(config) if isinstance(config, dict) else None
     return logged_final_epoch(epochs, wanted)
+
+
+def precision_conflict(
+    output_dir: str | Path, arms: Sequence[ArmSpec], seeds: Sequence[int], precision: str
+) -> str | None:
+    """A one-line error when runs are left to train and a run already in the study trained in another
+    precision than ``precision`` (what ``--amp`` resolves to on this machine): the new runs would not
+    pool with it, but form arms of their own. None when there is no conflict."""
+    output_dir = Path(output_dir)
+    run_dirs = [output_dir / arm / f"seed{seed}" for seed in seeds for arm, _ in arms]
+    if all(_run_finished(run_dir) for run_dir in run_dirs):
+        return None
+    for run_dir in run_dirs:
+        try:
+            run = load_run(run_dir)
+        except RunError:  # not started, or nothing logged yet
+            continue
+        if run.precision != precision:
+            return (
+                f"{run_dir} trained in {run.precision}, but this machine would train the study's "
+                f"missing runs in {precision} (--amp is float32 on a CPU without bfloat16 instructions), "
+                "so they would form arms of their own; run the study where it resolves to the same "
+                "precision, or give another --output-dir"
+            )
+    return None
 
 
 def train_arms(
