@@ -255,13 +255,9 @@ class Run:
             warmup_iters=optim.warmup_iters,
         )
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
-        self.scaler = torch.amp.GradScaler("cuda") if optim.amp and self.device.type == "cuda" else None
-
-    @property
-    def precision(self) -> str:
-        """What ``--amp`` resolved to here: ``"float16"``, ``"bfloat16"`` or ``"float32"``
-        (:func:`fnoise_maskrcnn.engine.state.amp_precision`)."""
-        return amp_precision(self.device, self.config.optim.amp)
+        # what --amp resolved to here: "float16", "bfloat16" or "float32" (state.amp_precision)
+        self.precision = amp_precision(self.device, optim.amp)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "float16" else None
 
     @property
     def amp(self) -> bool:

@@ -268,19 +268,18 @@ def amp_precision(device: torch.device, amp: bool) -> str:
     """The precision ``--amp`` resolves to on ``device``: ``"float16"`` autocast on CUDA, ``"bfloat16"``
     autocast on other devices, except a CPU without bfloat16 instructions (see :func:`cpu_has_bfloat16`),
     which trains in ``"float32"``; ``"float32"`` without ``amp``."""
-    if not amp:
+    if not amp or (device.type == "cpu" and not cpu_has_bfloat16()):
         return "float32"
-    if device.type == "cuda":
-        return "float16"
-    if device.type == "cpu" and not cpu_has_bfloat16():
-        return "float32"
-    return "bfloat16"
+    return str(_autocast_dtype(device)).removeprefix("torch.")
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     """``torch.autocast`` for ``--amp``: float16 on CUDA (with a ``GradScaler``), bfloat16 elsewhere."""
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+    return torch.autocast(device.type, dtype=_autocast_dtype(device), enabled=enabled)
 
 
 def peak_memory_mb(device: torch.device) -> tuple[str, float]:
