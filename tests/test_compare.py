@@ -17,9 +17,10 @@ from fnoise_maskrcnn.compare import main
 from fnoise_maskrcnn.study import (
     STUDY_TRAIN_FLAGS,
     RunError,
+    SeedPlan,
     group_runs,
     load_run,
-    precision_conflict,
+    plan_seeds,
     summarize,
     summary_markdown,
     train_arms,
@@ -169,24 +170,53 @@ def test_the_clean_training_loss_pass_does_not_split_arms(study):
     assert [arm.seeds for arm in arms] == [[0, 1, 2, 3], [0, 1, 2, 3]]
 
 
-def test_runs_of_another_precision_are_another_arm(tmp_path):
-    def run(name: str, seed: int, precision: str | None) -> Path:
-        path = write_run(tmp_path / name, seed, False, 1.0, 1.0, 0.3, amp=True)
-        if precision is not None:  # runs before the "run" record said it were bfloat16 under --amp on the CPU
-            with open(path / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"type": "run", "device": "cpu", "precision": precision}) + "\n")
-        return path
+def _with_precision(path: Path, *precisions: str) -> Path:
+    """Appends a ``"run"`` record per precision (one per start of train) to a run's metrics.jsonl."""
+    with open(path / "metrics.jsonl", "a") as f:
+        for precision in precisions:
+            f.write(json.dumps({"type": "run", "device": "cpu", "precision": precision}) + "\n")
+    return path
 
-    run("a", 0, None), run("b", 1, "bfloat16"), run("c", 2, "float32")
-    arms = group_runs(_runs_of(tmp_path, "abc"))
+
+def test_a_seed_is_a_block_of_one_precision_and_seeds_of_two_precisions_pool(tmp_path):
+    """Seeds 0-1 trained under bfloat16 autocast (seed 0 before the "run" record said so), seed 2 in
+    float32 (--amp on a CPU without bfloat16, or --no-amp): one arm per configuration, each paired
+    difference within one precision, and the report says which seed is which."""
+    for arm, f_noise, segm in (("b", False, BASE_SEGM), ("n", True, NOISE_SEGM)):
+        for seed, precision in ((0, None), (1, "bfloat16"), (2, "float32")):
+            amp = {"amp": precision != "float32"}  # --no-amp where float32 was asked for
+            path = write_run(tmp_path / f"{arm}{seed}", seed, f_noise, 1.0, 1.0, segm[seed], **amp)
+            if precision is not None:
+                _with_precision(path, precision)
+    arms = group_runs(_runs_of(tmp_path, ["b0", "b1", "b2", "n0", "n1", "n2"]))
     assert [(arm.label, arm.seeds) for arm in arms] == [
-        ("baseline, precision=bfloat16", [0, 1]),
-        ("baseline, precision=float32", [2]),
+        ("baseline", [0, 1, 2]),
+        ("F-Noise σ=0.1 (elementwise, all levels)", [0, 1, 2]),
     ]
-    assert len(group_runs(_runs_of(tmp_path, "abc"), ignored_keys=("seed", "output_dir", "precision"))) == 1
+    summary = summarize(arms)
+    assert summary["precision_by_seed"] == {"0": "bfloat16", "1": "bfloat16", "2": "float32"}
+    segm = next(d for d in summary["differences"] if d["metric"] == "segm_AP")
+    assert segm["mean"] == pytest.approx(statistics.mean(n - b for n, b in zip(NOISE_SEGM, BASE_SEGM)))
+    assert "Precision: seeds 0, 1 in bfloat16; seeds 2 in float32." in summary_markdown(summary)
+
+    # a seed whose arms trained in different precisions cannot be paired
+    _with_precision(write_run(tmp_path / "n3", 3, True, 1.0, 1.0, 0.3), "bfloat16")
+    _with_precision(write_run(tmp_path / "b3", 3, False, 1.0, 1.0, 0.3), "float32")
+    with pytest.raises(
+        RunError, match=r"b3: trained in float32, but .*n3 of the same seed \(3\) in bfloat16"
+    ):
+        group_runs(_runs_of(tmp_path, ["n3", "b3"]))
 
 
-def _runs_of(root: Path, names: str):
+def test_a_run_resumed_in_another_precision_is_refused(tmp_path):
+    path = _with_precision(write_run(tmp_path / "run", 0, False, 1.0, 1.0, 0.3), "float32", "bfloat16")
+    with pytest.raises(
+        RunError, match=r"metrics.jsonl: the run was resumed in another precision \(float32 then"
+    ):
+        load_run(path)
+
+
+def _runs_of(root: Path, names: Sequence[str]):
     return [load_run(root / name) for name in names]
 
 
@@ -411,33 +441,67 @@ def test_train_mode_checks_flags_before_training(flags, message, tmp_path, capsy
     assert not (tmp_path / "study").exists()
 
 
-@pytest.mark.parametrize("native_bf16", [False, True])
-def test_train_mode_refuses_to_add_runs_of_another_precision(native_bf16, tmp_path, monkeypatch, capsys):
-    """A bfloat16 study resumed on a CPU without bfloat16 instructions (where --amp trains in float32)
-    would add float32 runs that form arms of their own: refused before anything trains. On a CPU with
-    them the same study has no conflict."""
-    monkeypatch.setattr("fnoise_maskrcnn.engine.state.cpu_has_bfloat16", lambda: native_bf16)
+def _mixed_precision_study(study: Path) -> None:
+    """Seed 0's baseline trained in bfloat16, seed 1's in float32; their F-Noise runs and seed 2 are
+    missing."""
+    _with_precision(write_run(study / "baseline" / "seed0", 0, False, 1.0, 1.0, 0.3, amp=True), "bfloat16")
+    _with_precision(write_run(study / "baseline" / "seed1", 1, False, 1.0, 1.0, 0.3, amp=True), "float32")
+
+
+def test_each_seed_is_planned_in_the_precision_of_its_runs(tmp_path):
     study = tmp_path / "study"
-    done = write_run(study / "baseline" / "seed0", 0, False, 1.0, 1.0, 0.3, amp=True, epochs=3)
-    with open(done / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"type": "run", "device": "cpu", "precision": "bfloat16"}) + "\n")
+    _mixed_precision_study(study)
     arms = [("baseline", []), ("fnoise", ["--f-noise"])]
-    conflict = precision_conflict(study, arms, [0], "float32" if not native_bf16 else "bfloat16")
-    if native_bf16:
-        assert conflict is None
-        return
-    assert conflict.startswith(f"{done} trained in bfloat16, but this machine would train")
-    # nothing left to train: no conflict
-    assert precision_conflict(study, arms[:1], [0], "float32") is None
-    argv = ["--train", "--seeds", "0", "--epochs", "3", "--devices", "cpu", "--output-dir", str(study)]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith(f"error: {done} trained in bfloat16")
-    assert sorted(p.name for p in study.iterdir()) == ["baseline"]  # nothing trained, no log written
+    # where --amp gives bfloat16, seed 1 keeps float32 with --no-amp
+    assert plan_seeds(study, arms, [0, 1, 2], "bfloat16") == {
+        0: SeedPlan(),
+        1: SeedPlan(flags=("--no-amp",)),
+        2: SeedPlan(),
+    }
+    # where --amp gives float32, seed 0 (bfloat16) is left for a CPU with bfloat16 instructions
+    plans = plan_seeds(study, arms, [0, 1, 2], "float32")
+    assert plans[1] == plans[2] == SeedPlan()
+    assert plans[0].skip == "its other runs trained in bfloat16; this machine's --amp gives float32"
+    # a seed whose runs disagree is an error, naming both
+    _with_precision(write_run(study / "fnoise" / "seed1", 1, True, 1.0, 1.0, 0.3, amp=True), "bfloat16")
+    with pytest.raises(RunError, match=r"fnoise/seed1 trained in bfloat16, but .*baseline/seed1 of the same"):
+        plan_seeds(study, arms, [1], "float32")
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_train_mode_trains_each_seed_in_its_precision(
+    native_bf16, fake_python, tmp_path, monkeypatch, capsys
+):
+    """A study whose seed 0 trained in bfloat16 and seed 1 in float32, continued where --amp gives float32
+    (a CPU without bfloat16 instructions): seeds 1 and 2 train, seed 0's missing run is left untrained and
+    compare exits 3 after writing the comparison. Where --amp gives bfloat16, everything trains, seed 1
+    with --no-amp."""
+    monkeypatch.setattr("fnoise_maskrcnn.engine.state.cpu_has_bfloat16", lambda: native_bf16)
+    monkeypatch.setenv("FAKE_PRECISION", "bfloat16" if native_bf16 else "float32")
+    real_train_arms = train_arms
+    monkeypatch.setattr(
+        "fnoise_maskrcnn.compare.train_arms", lambda *a, **k: real_train_arms(*a, **k, python=fake_python)
+    )
+    study = tmp_path / "study"
+    _mixed_precision_study(study)
+    argv = ["--train", "--seeds", "0", "1", "2", "--devices", "cpu", "--output-dir", str(study)]
+    assert main(argv) == (0 if native_bf16 else 3)
+    out, err = capsys.readouterr()
+    assert (study / "fnoise" / "seed0").exists() == native_bf16
+    if not native_bf16:
+        assert "[2/6] fnoise seed 0: left untrained here: its other runs trained in bfloat16" in out
+        assert err.strip() == (
+            "incomplete: seed(s) 0 left untrained here (its other runs trained in bfloat16; this "
+            "machine's --amp gives float32); run the same command where --amp gives that precision"
+        )
+    argv_of = {d: json.loads((study / d / "argv.json").read_text()) for d in ("fnoise/seed1", "fnoise/seed2")}
+    assert ("--no-amp" in argv_of["fnoise/seed1"]) == native_bf16
+    assert "--no-amp" not in argv_of["fnoise/seed2"]
+    assert (study / "comparison.json").is_file()
 
 
 FAKE_TRAIN = """\
-import json, sys
+import json, os, sys
 from pathlib import Path
 argv = sys.argv[1:]
 assert argv[:2] == ["-m", "fnoise_maskrcnn.train"], argv
@@ -454,6 +518,10 @@ config = {"seed": seed, "output_dir": str(out), "f_noise": "--f-noise" in argv, 
 record = {"type": "epoch", "epoch": 0, "iteration": 1, "train": {"loss": 1.0 + seed}, "val": None,
           "bbox": None, "segm": None, "f_noise_nsr": None}
 (out / "metrics.jsonl").write_text(json.dumps(record) + "\\n")
+if os.environ.get("FAKE_PRECISION"):  # what --amp resolves to on the machine being faked
+    precision = "float32" if "--no-amp" in argv else os.environ["FAKE_PRECISION"]
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"type": "run", "device": "cpu", "precision": precision}) + "\\n")
 print("trained")
 """
 

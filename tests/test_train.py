@@ -86,6 +86,28 @@ def test_amp_on_a_cpu_without_bfloat16_trains_in_float32_and_says_so(
     assert losses[0] == losses[1]
 
 
+def test_a_run_is_not_resumed_in_another_precision(synthetic_coco, tmp_path, monkeypatch, capsys):
+    """A float32 run (--amp on a CPU without bfloat16 instructions) resumed under --amp where the CPU has
+    them would switch to bfloat16 mid-run: refused with one line naming the checkpoint and the cure,
+    which resumes it."""
+    out = tmp_path / "run"
+    monkeypatch.setattr("fnoise_maskrcnn.engine.state.cpu_has_bfloat16", lambda: False)
+    argv = [*two_image_run(synthetic_coco, epochs=1), "--amp", "--output-dir", str(out)]
+    assert train.main(argv) == 0
+    monkeypatch.setattr("fnoise_maskrcnn.engine.state.cpu_has_bfloat16", lambda: True)
+    capsys.readouterr()
+    resume = ["--resume", "--output-dir", str(out), "--epochs", "2"]
+    assert train.main(resume) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert f"{out / 'last.pth'}: trained in float32, but this machine would continue it in bfloat16" in err
+    assert err.endswith("resume it with --no-amp")
+    assert [r["epoch"] for r in read_metrics(out) if r["type"] == "epoch"] == [0]  # nothing lost or added
+    assert train.main([*resume, "--no-amp"]) == 0
+    assert [r["precision"] for r in read_metrics(out) if r["type"] == "run"] == ["float32", "float32"]
+    assert [r["epoch"] for r in read_metrics(out) if r["type"] == "epoch"] == [0, 1]
+
+
 def test_clean_training_loss_is_measured_as_the_validation_loss_is(synthetic_coco, tmp_path):
     """Trained on its own validation images, the clean training loss equals the validation loss exactly
     (validation transforms, F-Noise off, the same fixed sampler stream), and measuring it changes no

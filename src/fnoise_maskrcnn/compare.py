@@ -24,7 +24,7 @@ from .study.arms import (
     STUDY_TRAIN_FLAGS,
     ArmSpec,
     parse_sweep,
-    precision_conflict,
+    plan_seeds,
     study_arms,
     study_flags_error,
     train_arms,
@@ -143,8 +143,9 @@ def _precision_here(args: argparse.Namespace, train_flags: Sequence[str]) -> str
 
 def _train_study(
     parser: argparse.ArgumentParser, args: argparse.Namespace, train_flags: list[str]
-) -> tuple[Path, list[Path]]:
-    """``--train``: check the study flags, train every arm and seed; return the PNG path and the runs.
+) -> tuple[Path, list[Path], str | None]:
+    """``--train``: check the study flags, train every arm and seed; return the PNG path, the runs, and
+    what was left untrained here (None when nothing was).
 
     Raises:
         RuntimeError: a training run failed (from :func:`train_arms`).
@@ -159,11 +160,12 @@ def _train_study(
     arms = study_arms(args.sweep, baseline=not args.no_baseline)
     defaults = () if args.no_study_defaults else STUDY_TRAIN_FLAGS
     _check_train_flags(parser, defaults, train_flags, arms)
-    conflict = precision_conflict(
-        args.output_dir, arms, args.seeds, _precision_here(args, [*defaults, *train_flags])
-    )
-    if conflict is not None:
-        raise RuntimeError(conflict)
+    try:
+        plans = plan_seeds(
+            args.output_dir, arms, args.seeds, _precision_here(args, [*defaults, *train_flags])
+        )
+    except RunError as exc:
+        raise RuntimeError(str(exc)) from None
     run_dirs = train_arms(
         args.seeds,
         args.output_dir,
@@ -172,8 +174,16 @@ def _train_study(
         arms=arms,
         jobs=args.jobs,
         devices=args.devices,
+        plans=plans,
     )
-    return args.out or args.output_dir / "comparison.png", run_dirs
+    left = [seed for seed, plan in plans.items() if plan.skip is not None]
+    incomplete = (
+        f"seed(s) {' '.join(map(str, left))} left untrained here ({plans[left[0]].skip}); run the same "
+        "command where --amp gives that precision"
+        if left
+        else None
+    )
+    return args.out or args.output_dir / "comparison.png", run_dirs, incomplete
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if train_mode:
         args, train_flags = parser.parse_known_args(argv)
         try:
-            out, run_dirs = _train_study(parser, args, train_flags)
+            out, run_dirs, incomplete = _train_study(parser, args, train_flags)
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -193,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("give run directories to compare, or --train to train both arms first")
         if args.out is None:
             parser.error("--out is required (the comparison PNG)")
-        out, run_dirs = args.out, args.runs
+        out, run_dirs, incomplete = args.out, args.runs, None
     if out.suffix.lower() != ".png":
         parser.error(f"--out {out}: must be a .png file")
     if args.smooth is not None and args.smooth < 1:
@@ -205,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(write_comparison(arms, out, smoothing=args.smooth, title=args.title))
     print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.json')}")
+    if incomplete is not None:
+        print(f"incomplete: {incomplete}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -276,6 +276,7 @@ class Run:
         """Loads a training checkpoint's state: weights, optimizer, schedule, scaler, RNGs, position."""
         if checkpoint["categories"] != self.categories:
             raise UserError(f"{self.output_dir / 'last.pth'}: its categories differ from those of the data")
+        self._check_precision(checkpoint.get("precision"))
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         # The position comes from the checkpoint, the schedule from the configuration (a longer --epochs).
@@ -293,6 +294,23 @@ class Run:
             rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0], self.f_noise_generator, self.data_rng
         )
 
+    def _check_precision(self, trained: str | None) -> None:
+        """A run keeps one precision: resuming a checkpoint trained in another one than ``--amp`` resolves
+        to here (a bfloat16 run on a CPU without bfloat16 instructions, a float32 one under ``--amp`` on a
+        CPU with them) is refused. Checkpoints that predate the ``precision`` key are not checked."""
+        if trained is None or trained == self.precision:
+            return
+        if trained == "float32":
+            how = "resume it with --no-amp"
+        elif trained == "bfloat16":
+            how = "resume it on a CPU with bfloat16 instructions (AVX-512-BF16 or AMX)"
+        else:
+            how = f"resume it where --amp gives {trained} (a CUDA device)"
+        raise UserError(
+            f"{self.output_dir / 'last.pth'}: trained in {trained}, but this machine would continue it in "
+            f"{self.precision}; a run keeps one precision: {how}"
+        )
+
     def checkpoint(self, pending_record: dict[str, Any] | None = None) -> dict[str, Any]:
         """The training checkpoint (the package's format plus optimizer, scheduler, scaler, RNGs, position,
         and the configuration). Collective under DDP: every process contributes its RNG states."""
@@ -305,6 +323,7 @@ class Run:
             "train_state": self.state.state_dict(),
             "rng": [{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in r.items()} for r in rng],
             "pending_epoch_record": pending_record,
+            "precision": self.precision,
         }
 
     def model_checkpoint(self) -> dict[str, Any]:

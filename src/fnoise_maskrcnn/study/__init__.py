@@ -54,7 +54,8 @@ _PUBLIC = {
     "write_comparison": ".comparison",
     "STUDY_TRAIN_FLAGS": ".arms",
     "parse_sweep": ".arms",
-    "precision_conflict": ".arms",
+    "SeedPlan": ".arms",
+    "plan_seeds": ".arms",
     "study_arms": ".arms",
     "train_arms": ".arms",
 }
@@ -63,8 +64,9 @@ __all__ = list(_PUBLIC)
 
 if TYPE_CHECKING:
     from .arms import STUDY_TRAIN_FLAGS as STUDY_TRAIN_FLAGS
+    from .arms import SeedPlan as SeedPlan
     from .arms import parse_sweep as parse_sweep
-    from .arms import precision_conflict as precision_conflict
+    from .arms import plan_seeds as plan_seeds
     from .arms import study_arms as study_arms
     from .arms import train_arms as train_arms
     from .comparison import load_arms as load_arms

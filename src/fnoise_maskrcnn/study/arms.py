@@ -12,8 +12,9 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from .runs import RunError, epoch_records, load_run, logged_final_epoch, planned_epochs
@@ -23,7 +24,8 @@ __all__ = [
     "PER_RUN_FLAGS",
     "ArmSpec",
     "parse_sweep",
-    "precision_conflict",
+    "SeedPlan",
+    "plan_seeds",
     "study_arms",
     "study_flags_error",
     "train_arms",
@@ -111,29 +113,59 @@ def _run_finished(run_dir: Path) -> bool:
     return logged_final_epoch(epochs, wanted)
 
 
-def precision_conflict(
+@dataclass(frozen=True)
+class SeedPlan:
+    """How the missing runs of one seed train here: with ``flags`` added, or not at all (``skip`` says why).
+
+    A seed is a block whose arms all train in one precision (see
+    :func:`~fnoise_maskrcnn.study.runs.group_runs`): the precision of its runs already logged, else what
+    ``--amp`` resolves to on this machine.
+    """
+
+    flags: tuple[str, ...] = ()
+    skip: str | None = None
+
+
+def plan_seeds(
     output_dir: str | Path, arms: Sequence[ArmSpec], seeds: Sequence[int], precision: str
-) -> str | None:
-    """A one-line error when runs are left to train and a run already in the study trained in another
-    precision than ``precision`` (what ``--amp`` resolves to on this machine): the new runs would not
-    pool with it, but form arms of their own. None when there is no conflict."""
+) -> dict[int, SeedPlan]:
+    """Each seed's :class:`SeedPlan` on a machine where ``--amp`` resolves to ``precision``.
+
+    A seed whose runs trained in ``precision`` (or none yet) trains as asked; one whose runs trained in
+    float32 gets ``--no-amp``; one whose runs trained in bfloat16 or float16 elsewhere is skipped here
+    (emulating bfloat16 on a CPU without its instructions is about 14 times slower).
+
+    Raises:
+        RunError: two runs of one seed trained in different precisions.
+    """
     output_dir = Path(output_dir)
-    run_dirs = [output_dir / arm / f"seed{seed}" for seed in seeds for arm, _ in arms]
-    if all(_run_finished(run_dir) for run_dir in run_dirs):
-        return None
+    plans = {}
+    for seed in seeds:
+        trained = _seed_precision([output_dir / arm / f"seed{seed}" for arm, _ in arms])
+        if trained is None or trained == precision:
+            plans[seed] = SeedPlan()
+        elif trained == "float32":
+            plans[seed] = SeedPlan(flags=("--no-amp",))
+        else:
+            plans[seed] = SeedPlan(
+                skip=f"its other runs trained in {trained}; this machine's --amp gives {precision}"
+            )
+    return plans
+
+
+def _seed_precision(run_dirs: Sequence[Path]) -> str | None:
+    """The one precision the started runs among ``run_dirs`` trained in; None when none has logged it."""
+    found: dict[str, Path] = {}
     for run_dir in run_dirs:
         try:
             run = load_run(run_dir)
         except RunError:  # not started, or nothing logged yet
             continue
-        if run.precision != precision:
-            return (
-                f"{run_dir} trained in {run.precision}, but this machine would train the study's "
-                f"missing runs in {precision} (--amp is float32 on a CPU without bfloat16 instructions), "
-                "so they would form arms of their own; run the study where it resolves to the same "
-                "precision, or give another --output-dir"
-            )
-    return None
+        found.setdefault(str(run.precision), run_dir)
+    if len(found) > 1:
+        (first, a), (second, b) = list(found.items())[:2]
+        raise RunError(f"{b} trained in {second}, but {a} of the same seed in {first}")
+    return next(iter(found), None)
 
 
 def train_arms(
@@ -145,6 +177,7 @@ def train_arms(
     arms: Sequence[ArmSpec] = (("baseline", []), ("fnoise", ["--f-noise"])),
     jobs: int = 1,
     devices: Sequence[str] = (),
+    plans: Mapping[int, SeedPlan] | None = None,
     python: str = sys.executable,
 ) -> list[Path]:
     """Trains every arm for each seed, ``jobs`` ``fnoise_maskrcnn.train`` processes at a time; resumable.
@@ -156,7 +189,8 @@ def train_arms(
     seed 1 ...) so that an interrupted study still holds complete sets. Run again after an interruption
     (even ``kill -9``), it keeps finished runs, resumes interrupted ones from their ``last.pth``
     (``train --resume``) and trains only what is missing. With ``devices``, job ``i`` of those running at
-    once gets ``--device devices[i % len(devices)]``.
+    once gets ``--device devices[i % len(devices)]``. ``plans`` (see :func:`plan_seeds`) adds flags to a
+    seed's runs or leaves its missing runs untrained; the runs returned are those that exist.
 
     Raises:
         RuntimeError: a training run failed (the message names its log file).
@@ -175,23 +209,28 @@ def train_arms(
     def one(job: tuple[int, str, list[str], int]) -> Path:
         number, arm, flags, seed = job
         run_dir = output_dir / arm / f"seed{seed}"
+        plan = (plans or {}).get(seed, SeedPlan())
         if _run_finished(run_dir):
             print(f"[{number}/{len(queue)}] {arm} seed {seed}: finished before, kept", flush=True)
             return run_dir
+        if plan.skip is not None:
+            print(f"[{number}/{len(queue)}] {arm} seed {seed}: left untrained here: {plan.skip}", flush=True)
+            return run_dir
         device = free_devices.pop(0) if free_devices else None
         try:
-            _train_one(
-                python, [*defaults, *train_flags], flags, arm, seed, run_dir, logs, number, len(queue), device
-            )
+            common = [*defaults, *train_flags, *plan.flags]
+            _train_one(python, common, flags, arm, seed, run_dir, logs, number, len(queue), device)
         finally:
             if device is not None:
                 free_devices.append(device)
         return run_dir
 
     if jobs <= 1:
-        return [one(job) for job in queue]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(one, queue))
+        run_dirs = [one(job) for job in queue]
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            run_dirs = list(pool.map(one, queue))
+    return [run_dir for run_dir in run_dirs if (run_dir / "config.json").is_file()]
 
 
 def _train_one(

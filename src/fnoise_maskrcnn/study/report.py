@@ -76,6 +76,7 @@ def summarize(arms: Sequence[Arm]) -> dict[str, Any]:
         "outcomes": _outcomes(arms),
         "compute": _compute(arms),
         "correction": correction,
+        "precision_by_seed": _precision_by_seed(arms),
         "arms": [
             {
                 "label": arm.label,
@@ -88,6 +89,12 @@ def summarize(arms: Sequence[Arm]) -> dict[str, Any]:
         ],
         "differences": differences,
     }
+
+
+def _precision_by_seed(arms: Sequence[Arm]) -> dict[str, str]:
+    """``{seed: precision}``: what ``--amp`` resolved to for each seed's runs (one per seed, see
+    :func:`~fnoise_maskrcnn.study.runs.group_runs`)."""
+    return {str(run.seed): str(run.precision) for arm in arms for run in arm.runs}
 
 
 def _differences(
@@ -286,6 +293,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     theirs, and the compute."""
     lines = ["# F-Noise comparison", ""]
     lines += _in_progress_markdown(summary.get("in_progress") or [])
+    lines += _precision_markdown(summary.get("precision_by_seed") or {})
     if "outcomes" in summary:
         lines += _outcomes_markdown(summary["outcomes"])
     lines += _snapshot_markdown(summary)
@@ -299,6 +307,21 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _precision_markdown(by_seed: dict[str, str]) -> list[str]:
+    """One line naming the seeds of each precision, when the study holds more than one."""
+    groups: dict[str, list[str]] = {}
+    for seed, precision in by_seed.items():
+        groups.setdefault(precision, []).append(seed)
+    if len(groups) < 2:
+        return []
+    parts = "; ".join(f"seeds {', '.join(seeds)} in {precision}" for precision, seeds in groups.items())
+    return [
+        f"Precision: {parts}. Every arm of a seed trained in its precision, so each paired difference "
+        "compares like with like; an effect of precision shows as spread between seeds.",
+        "",
+    ]
 
 
 def _in_progress_markdown(in_progress: Sequence[dict[str, Any]]) -> list[str]:

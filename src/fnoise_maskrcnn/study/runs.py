@@ -51,8 +51,9 @@ F_NOISE_KEYS = (
     "f_noise_warmup_iters",
 )
 #: config.json keys that never make two runs different arms: the seed, bookkeeping that does not change
-#: what is learnt (``train_loss_images`` only adds a measurement pass with F-Noise off), and
-#: ``model_config`` (derived from the flags that are compared themselves).
+#: what is learnt (``train_loss_images`` only adds a measurement pass with F-Noise off), ``model_config``
+#: (derived from the flags that are compared themselves) and ``amp``: the precision it resolved to is a
+#: property of the seed, shared by all its arms (see :func:`group_runs`), not of an arm.
 DEFAULT_IGNORED_KEYS = (
     "seed",
     "output_dir",
@@ -66,6 +67,7 @@ DEFAULT_IGNORED_KEYS = (
     "eval_every",
     "train_loss_images",
     "model_config",
+    "amp",
 )
 
 
@@ -85,7 +87,7 @@ class Run:
         planned: the number of epochs ``config.json`` asks for (``None`` when it does not say).
         precision: what ``--amp`` resolved to: ``"float16"``, ``"bfloat16"`` or ``"float32"`` (the
             ``"run"`` record says it; for runs that predate that record, what ``--amp`` always meant
-            then: float16 on CUDA, else bfloat16). Runs of different precision are different arms.
+            then: float16 on CUDA, else bfloat16). Every arm of a seed trains in one precision.
     """
 
     path: Path
@@ -209,7 +211,7 @@ def load_run(path: Path) -> Run:
         config = TrainConfig.read(config).flags()
     except (TypeError, ValueError) as exc:
         raise RunError(f"{config_file}: not a training configuration ({exc})") from None
-    iterations, epochs, facts = [], [], {}
+    iterations, epochs, precisions = [], [], []
     for number, record in _metrics_records(metrics_file):
         kind = record.get("type") if isinstance(record, dict) else None
         if kind == "iter":
@@ -224,12 +226,19 @@ def load_run(path: Path) -> Run:
                 raise RunError(f"{metrics_file}:{number}: an 'epoch' record needs an integer 'epoch'")
             epochs.append(record)
         elif kind == "run":
-            facts = record
+            precisions.append(_precision(config, record))
         else:
             raise RunError(f"{metrics_file}:{number}: expected a record with 'type' 'iter', 'epoch' or 'run'")
     iterations.sort(key=lambda r: r["iteration"])
     epochs.sort(key=lambda r: r["epoch"])
-    return Run(path, config, iterations, epochs, planned, _precision(config, facts))
+    if len(set(precisions)) > 1:
+        raise RunError(
+            f"{metrics_file}: the run was resumed in another precision ({' then '.join(precisions)}), so its "
+            "results mix both; train it again"
+        )
+    return Run(
+        path, config, iterations, epochs, planned, precisions[-1] if precisions else _precision(config, {})
+    )
 
 
 def _precision(config: Mapping[str, Any], facts: Mapping[str, Any]) -> str:
@@ -316,17 +325,35 @@ def _label(key: Mapping[str, Any]) -> str:
     return ", ".join([label, *others])
 
 
+def _check_seed_precisions(runs: Sequence[Run]) -> None:
+    """Raises RunError when two runs of one seed trained in different precisions."""
+    first: dict[str, Run] = {}
+    for run in runs:
+        other = first.setdefault(_canonical(run.seed), run)
+        if other.precision != run.precision:
+            raise RunError(
+                f"{run.path}: trained in {run.precision}, but {other.path} of the same seed ({run.seed}) in "
+                f"{other.precision}; every arm of a seed must train in one precision to be paired"
+            )
+
+
 def group_runs(runs: Sequence[Run], ignored_keys: Iterable[str] = DEFAULT_IGNORED_KEYS) -> list[Arm]:
     """Groups runs into arms by configuration; baseline arms first, then F-Noise arms by sigma.
 
     An arm's key holds the F-Noise settings and every other configuration value that differs between
-    the given runs, the precision ``--amp`` resolved to included (keys in ``ignored_keys`` never count).
+    the given runs (keys in ``ignored_keys`` never count).
+
+    A seed is a block: the same initial weights and data order in every arm, and one precision (what
+    ``--amp`` resolved to). Paired differences then compare like with like, and a study may hold seeds of
+    different precisions (some trained where the CPU has bfloat16 instructions, some where it does not).
 
     Raises:
-        RunError: two runs of the same arm have the same seed (they would not be independent samples).
+        RunError: two runs of the same arm have the same seed (they would not be independent samples), or
+            two runs of one seed trained in different precisions.
     """
+    _check_seed_precisions(runs)
     ignored = set(ignored_keys)
-    configs = [_arm_config({**run.config, "precision": run.precision}, ignored) for run in runs]
+    configs = [_arm_config(run.config, ignored) for run in runs]
     all_keys = sorted({k for config in configs for k in config})
     varying = [
         k
