@@ -12,10 +12,11 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .runs import RunError, epoch_records, load_run, logged_final_epoch, planned_epochs
 
@@ -225,12 +226,16 @@ def train_arms(
                 free_devices.append(device)
         return run_dir
 
-    if jobs <= 1:
-        run_dirs = [one(job) for job in queue]
-    else:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            run_dirs = list(pool.map(one, queue))
+    run_dirs = _map_jobs(one, queue, jobs)
     return [run_dir for run_dir in run_dirs if (run_dir / "config.json").is_file()]
+
+
+def _map_jobs(function: Callable[[Any], Path], items: Sequence[Any], jobs: int) -> list[Path]:
+    """``function`` over ``items``, ``jobs`` at a time (in this thread when ``jobs`` is 1), in order."""
+    if jobs <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(function, items))
 
 
 def _train_one(
