@@ -197,7 +197,7 @@ def test_a_seed_is_a_block_of_one_precision_and_seeds_of_two_precisions_pool(tmp
     assert summary["precision_by_seed"] == {"0": "bfloat16", "1": "bfloat16", "2": "float32"}
     segm = next(d for d in summary["differences"] if d["metric"] == "segm_AP")
     assert segm["mean"] == pytest.approx(statistics.mean(n - b for n, b in zip(NOISE_SEGM, BASE_SEGM)))
-    assert "Precision: seeds 0, 1 in bfloat16; seeds 2 in float32." in summary_markdown(summary)
+    assert "Precision: seeds 0, 1 in bfloat16; seed 2 in float32." in summary_markdown(summary)
 
     # a seed whose arms trained in different precisions cannot be paired
     _with_precision(write_run(tmp_path / "n3", 3, True, 1.0, 1.0, 0.3), "bfloat16")

@@ -316,7 +316,10 @@ def _precision_markdown(by_seed: dict[str, str]) -> list[str]:
         groups.setdefault(precision, []).append(seed)
     if len(groups) < 2:
         return []
-    parts = "; ".join(f"seeds {', '.join(seeds)} in {precision}" for precision, seeds in groups.items())
+    parts = "; ".join(
+        f"{'seeds' if len(seeds) > 1 else 'seed'} {', '.join(seeds)} in {precision}"
+        for precision, seeds in groups.items()
+    )
     return [
         f"Precision: {parts}. Every arm of a seed trained in its precision, so each paired difference "
         "compares like with like; an effect of precision shows as spread between seeds.",
