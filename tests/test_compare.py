@@ -464,7 +464,10 @@ def test_each_seed_is_planned_in_the_precision_of_its_runs(tmp_path):
     assert plans[0].skip == "its other runs trained in bfloat16; this machine's --amp gives float32"
     # a seed whose runs disagree is an error, naming both
     _with_precision(write_run(study / "fnoise" / "seed1", 1, True, 1.0, 1.0, 0.3, amp=True), "bfloat16")
-    with pytest.raises(RunError, match=r"fnoise/seed1 trained in bfloat16, but .*baseline/seed1 of the same"):
+    with pytest.raises(
+        RunError,
+        match=r"fnoise/seed1: trained in bfloat16, but .*baseline/seed1 of the same seed \(1\) in float32",
+    ):
         plan_seeds(study, arms, [1], "float32")
 
 

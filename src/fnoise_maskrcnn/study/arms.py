@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .runs import RunError, epoch_records, load_run, logged_final_epoch, planned_epochs
+from .runs import (
+    RunError,
+    check_seed_precisions,
+    epoch_records,
+    load_run,
+    logged_final_epoch,
+    planned_epochs,
+)
 
 __all__ = [
     "STUDY_TRAIN_FLAGS",
@@ -155,18 +162,19 @@ def plan_seeds(
 
 
 def _seed_precision(run_dirs: Sequence[Path]) -> str | None:
-    """The one precision the started runs among ``run_dirs`` trained in; None when none has logged it."""
-    found: dict[str, Path] = {}
+    """The one precision the started runs among ``run_dirs`` trained in; None when none has logged it.
+
+    Raises:
+        RunError: two of them trained in different precisions (:func:`check_seed_precisions`).
+    """
+    runs = []
     for run_dir in run_dirs:
         try:
-            run = load_run(run_dir)
+            runs.append(load_run(run_dir))
         except RunError:  # not started, or nothing logged yet
             continue
-        found.setdefault(str(run.precision), run_dir)
-    if len(found) > 1:
-        (first, a), (second, b) = list(found.items())[:2]
-        raise RunError(f"{b} trained in {second}, but {a} of the same seed in {first}")
-    return next(iter(found), None)
+    check_seed_precisions(runs)
+    return runs[0].precision if runs else None
 
 
 def train_arms(

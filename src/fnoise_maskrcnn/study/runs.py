@@ -31,6 +31,7 @@ __all__ = [
     "planned_epochs",
     "run_complete",
     "group_runs",
+    "check_seed_precisions",
     "sigma_of",
 ]
 
@@ -325,7 +326,7 @@ def _label(key: Mapping[str, Any]) -> str:
     return ", ".join([label, *others])
 
 
-def _check_seed_precisions(runs: Sequence[Run]) -> None:
+def check_seed_precisions(runs: Sequence[Run]) -> None:
     """Raises RunError when two runs of one seed trained in different precisions."""
     first: dict[str, Run] = {}
     for run in runs:
@@ -351,7 +352,7 @@ def group_runs(runs: Sequence[Run], ignored_keys: Iterable[str] = DEFAULT_IGNORE
         RunError: two runs of the same arm have the same seed (they would not be independent samples), or
             two runs of one seed trained in different precisions.
     """
-    _check_seed_precisions(runs)
+    check_seed_precisions(runs)
     ignored = set(ignored_keys)
     configs = [_arm_config(run.config, ignored) for run in runs]
     all_keys = sorted({k for config in configs for k in config})
