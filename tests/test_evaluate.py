@@ -51,10 +51,18 @@ def test_evaluate_prints_tables_and_writes_json(
         str(synthetic_coco.val_images),
         "--out",
         str(out),
+        "--results",
+        str(tmp_path / "detections.json"),
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     metrics = json.loads(out.read_text())
+    # the detections written score again to the same numbers, without the model
+    detections = json.loads((tmp_path / "detections.json").read_text())
+    assert len(detections) == metrics["detections"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        rescored = evaluate_coco(COCO(str(edited_val_ann)), detections)
+    assert rescored["bbox"] == metrics["bbox"] and rescored["segm"] == metrics["segm"]
 
     assert metrics["images"] == 4 and metrics["detections"] > 0
     for iou_type in ("bbox", "segm"):

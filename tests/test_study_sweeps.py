@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -500,3 +503,31 @@ def test_a_difference_every_seed_shares_exactly_uses_the_sign_test_not_an_infini
     assert six.p == pytest.approx(0.03125) and six.verdict == "beyond seed noise"
     same = difference(describe([5.0, 5.0], [0, 1]), describe([5.0, 5.0], [0, 1]))
     assert same.ci95 == (0.0, 0.0) and same.p == 1.0 and same.verdict == "within seed noise"
+
+
+class _SlowStdout:
+    """A stdout whose every write yields to other threads, so that two unguarded ``print`` calls (text,
+    then newline: two writes) from two jobs interleave."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        time.sleep(0.002)
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_parallel_jobs_print_whole_progress_lines(fake_python, tmp_path, monkeypatch):
+    arms = study_arms([("f_noise_std", ["0.05", "0.1", "0.2"])])
+    study = tmp_path / "study"
+    train_arms([0, 1], study, [], defaults=(), arms=arms, python=fake_python)  # all 8 runs finished
+    out = _SlowStdout()
+    monkeypatch.setattr(sys, "stdout", out)
+    train_arms([0, 1], study, [], defaults=(), arms=arms, python=fake_python, jobs=2)
+    lines = out.text.splitlines()
+    assert len(lines) == 8
+    assert all(re.fullmatch(r"\[\d/8\] \S+ seed [01]: finished before, kept", line) for line in lines), lines

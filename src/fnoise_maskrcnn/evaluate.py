@@ -3,6 +3,7 @@
 Command line::
 
     python -m fnoise_maskrcnn.evaluate --checkpoint CKPT --ann VAL.json --images DIR [--out metrics.json]
+        [--results detections.json]
 
 prints the bbox and segm tables (AP, AP50, AP75, APs, APm, APl) and the per-category APs, and writes
 them as JSON (a category without any instance in the set is ``null``). How categories are matched and
@@ -62,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="metrics JSON (default: <checkpoint stem>-<ann stem>-metrics.json next to the checkpoint)",
     )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="also write the detections here as a COCO results JSON (what COCO.loadRes reads)",
+    )
     parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
     parser.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
     parser.add_argument("--max-images", type=int, help="evaluate the first N images only (by image id)")
@@ -115,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_images=args.max_images,
             max_pixels=args.max_pixels,
             backend=args.backend,
+            results_file=args.results,
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic((json.dumps(metrics, indent=2) + "\n").encode(), out)
@@ -127,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"categories the model does not predict: {', '.join(metrics['categories_without_predictions'])}"
         )
-    print(f"metrics written to {out}")
+    print(f"metrics written to {out}" + (f", detections to {args.results}" if args.results else ""))
     return 0
 
 

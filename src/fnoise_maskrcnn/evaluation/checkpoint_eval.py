@@ -15,6 +15,7 @@ are refused before anything runs (their sizes are in the annotation file).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch import nn
 from ..data import CocoInstances, collate_fn
 from ..device import is_out_of_memory, resolve_device
 from ..inference import DEFAULT_MAX_PIXELS, predict_batch
+from ..io.atomic import write_bytes_atomic
 from ..io.images import ImageTooLargeError
 from ..io.model_io import model_from_checkpoint
 from .coco import evaluate_coco, predictions_to_coco_results
@@ -132,8 +134,13 @@ def evaluate_checkpoint(
     max_images: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     backend: str = "pycocotools",
+    results_file: Path | None = None,
 ) -> dict[str, Any]:
     """Predicts on every image of the set and evaluates; returns the metrics dict ``evaluate`` writes.
+
+    With ``results_file``, the detections are also written there as a COCO results JSON (the list of
+    ``{"image_id", "category_id", "bbox", "score", "segmentation"}`` that ``COCO.loadRes`` reads), so
+    that they can be scored again on other image subsets without predicting again.
 
     Returns:
         ``{"bbox": {AP...}, "segm": {...}, "per_category": {"bbox": {name: AP or None}, "segm": ...},
@@ -150,6 +157,9 @@ def evaluate_checkpoint(
     model, ckpt = model_from_checkpoint(checkpoint, device=torch_device)
     _, only_data, only_model = match_categories(ckpt["categories"], dataset.categories, ann_file)
     results = _coco_results(model, dataset, ckpt["categories"], torch_device, batch_size, workers)
+    if results_file is not None:
+        results_file.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(json.dumps(results).encode(), results_file)
     metrics = evaluate_coco(dataset.coco, results, backend=backend)
     metrics.pop("summary", None)
     metrics.update(

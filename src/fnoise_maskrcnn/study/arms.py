@@ -11,6 +11,7 @@ import itertools
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -220,10 +221,10 @@ def train_arms(
         run_dir = output_dir / arm / f"seed{seed}"
         plan = (plans or {}).get(seed, SeedPlan())
         if _run_finished(run_dir):
-            print(f"[{number}/{len(queue)}] {arm} seed {seed}: finished before, kept", flush=True)
+            _say(f"[{number}/{len(queue)}] {arm} seed {seed}: finished before, kept")
             return run_dir
         if plan.skip is not None:
-            print(f"[{number}/{len(queue)}] {arm} seed {seed}: left untrained here: {plan.skip}", flush=True)
+            _say(f"[{number}/{len(queue)}] {arm} seed {seed}: left untrained here: {plan.skip}")
             return run_dir
         device = free_devices.pop(0) if free_devices else None
         try:
@@ -236,6 +237,17 @@ def train_arms(
 
     run_dirs = _map_jobs(one, queue, jobs)
     return [run_dir for run_dir in run_dirs if (run_dir / "config.json").is_file()]
+
+
+_SAY_LOCK = threading.Lock()
+
+
+def _say(line: str) -> None:
+    """Prints one progress line whole: with ``--jobs N`` the jobs' threads print at once, and ``print``
+    writes the text and its newline separately, so unguarded lines ran into each other."""
+    with _SAY_LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def _map_jobs(function: Callable[[Any], Path], items: Sequence[Any], jobs: int) -> list[Path]:
@@ -274,10 +286,7 @@ def _train_one(
         *(["--device", device] if device else []),
         *(["--resume"] if resume else []),
     ]
-    print(
-        f"[{number}/{total}] {arm} seed {seed} -> {run_dir}{' (resumed)' if resume else ''} (log: {log})",
-        flush=True,
-    )
+    _say(f"[{number}/{total}] {arm} seed {seed} -> {run_dir}{' (resumed)' if resume else ''} (log: {log})")
     start = time.perf_counter()
     with open(log, "a" if resume else "w") as log_file:
         log_file.write(" ".join(command) + "\n")
@@ -286,4 +295,4 @@ def _train_one(
     if code != 0:
         tail = [line for line in log.read_text().splitlines() if line.strip()][-1:]
         raise RuntimeError(f"training {arm} seed {seed} failed (exit {code}; see {log}): {''.join(tail)}")
-    print(f"    {arm} seed {seed} done in {time.perf_counter() - start:.0f} s", flush=True)
+    _say(f"    {arm} seed {seed} done in {time.perf_counter() - start:.0f} s")
