@@ -65,7 +65,7 @@ def test_chunks_are_disjoint_in_id_order_and_drop_the_rest(script):
 def test_chunk_scores_and_paired_differences_match_hand_computed_numbers(script, study_files, capsys):
     out = study_files / "report.json"
     argv = ["--ann", str(study_files / "val.json"), "--chunk", "2", "--out", str(out)]
-    argv += ["--results", f"ref={study_files / 'a.json'}", f"two={study_files / 'b.json'}"]
+    argv += ["--results", str(study_files / "a.json"), str(study_files / "b.json"), "--names", "ref", "two"]
     assert script.main(argv) == 0
     report = json.loads(out.read_text())
     assert (report["images"], report["chunks"], report["reference"]) == (5, 2, "ref")
@@ -87,18 +87,14 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(script, study_files, cap
     (study_files / "other.json").write_text(json.dumps([{**_perfect(99), "segmentation": None}]))
     (study_files / "broken.json").write_text("[{")
     for bad in ("other.json", "broken.json", "missing.json"):
-        argv = ["--ann", val, "--results", f"ref={study_files / 'a.json'}", f"x={study_files / bad}"]
+        argv = ["--ann", val, "--results", str(study_files / "a.json"), str(study_files / bad)]
         assert script.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: {study_files / bad}: ") and "\n" not in err
-    argv = [
-        "--ann",
-        val,
-        "--chunk",
-        "9",
-        "--results",
-        f"ref={study_files / 'a.json'}",
-        f"b={study_files / 'b.json'}",
-    ]
-    assert script.main(argv) == 2
+    results = ["--results", str(study_files / "a.json"), str(study_files / "b.json")]
+    assert script.main(["--ann", val, "--chunk", "9", *results]) == 2
     assert "--chunk 9 is larger than the set's 5 images" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--ann", val, *results, "--names", "same", "same"])
+    assert exit_info.value.code == 2
+    assert "--names needs 2 different names, one per --results file" in capsys.readouterr().err

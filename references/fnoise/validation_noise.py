@@ -1,9 +1,9 @@
 """How much of a paired AP difference is the validation set's sampling noise?
 
     python references/fnoise/validation_noise.py --ann VAL.json --chunk 64 \
-        --results baseline=base.json "sigma=0.05"=fnoise.json --out validation_noise.json
+        --results base.json fnoise.json --names baseline "sigma=0.05" --out validation_noise.json
 
-Each ``NAME=FILE`` is a COCO results JSON of one model on the images of ``VAL.json`` (written by
+Each ``--results`` file is a COCO results JSON of one model on the images of ``VAL.json`` (written by
 ``python -m fnoise_maskrcnn.evaluate ... --results FILE``); the first is the reference. The image ids of
 ``VAL.json`` are split, in id order, into disjoint chunks of ``--chunk`` images (a last, smaller chunk is
 dropped), and every model is scored on the whole set and on each chunk. For each model after the first,
@@ -105,19 +105,13 @@ def markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _named_file(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
-    return name, Path(path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ann", required=True, type=Path, help="COCO instances JSON of the validation set")
     parser.add_argument(
-        "--results", required=True, nargs="+", type=_named_file, help="NAME=FILE ..., the reference first"
+        "--results", required=True, nargs="+", type=Path, help="COCO results JSON files, the reference first"
     )
+    parser.add_argument("--names", nargs="+", help="a name per results file (default: the file stems)")
     parser.add_argument("--chunk", type=int, default=64, help="images per chunk (default 64)")
     parser.add_argument("--out", type=Path, help="also write the numbers here as JSON")
     args = parser.parse_args(argv)
@@ -125,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--chunk must be >= 1, got {args.chunk}")
     if len(args.results) < 2:
         parser.error("--results needs the reference and at least one more model")
+    names = args.names or [path.stem for path in args.results]
+    if len(names) != len(args.results) or len(set(names)) != len(names):
+        parser.error(f"--names needs {len(args.results)} different names, one per --results file")
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             gt = COCO(str(args.ann))
@@ -132,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {args.ann}: {exc}", file=sys.stderr)
         return 2
     named = {}
-    for name, path in args.results:
+    for name, path in zip(names, args.results):
         try:
             named[name] = json.loads(path.read_text())
             scores(gt, named[name], [sorted(gt.getImgIds())[:1]])  # refuses results of another set
