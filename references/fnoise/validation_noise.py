@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pycocotools.coco import COCO
 
 from fnoise_maskrcnn.evaluation import evaluate_coco
@@ -52,6 +51,12 @@ def scores(gt: COCO, results: Sequence[Mapping[str, Any]], image_sets: Sequence[
     return out
 
 
+def _over_chunks(values: Sequence[float]) -> dict[str, Any]:
+    """``values`` (one per chunk) with their mean and sample std."""
+    stat = describe(values)
+    return {"per_chunk": list(values), "chunk_mean": stat.mean, "chunk_std": stat.std}
+
+
 def analyse(gt: COCO, named_results: Mapping[str, Sequence[Mapping[str, Any]]], chunk: int) -> dict:
     """Every model's AP on the whole set and per chunk, and each later model's paired difference from the
     first: on the whole set, per chunk, and the chunks' mean and std (AP points)."""
@@ -66,16 +71,12 @@ def analyse(gt: COCO, named_results: Mapping[str, Sequence[Mapping[str, Any]]], 
         entry: dict[str, Any] = {}
         for iou in IOU_TYPES:
             per_chunk = ap[iou][1:]
-            stat = describe(per_chunk)
-            entry[iou] = {"whole_set": ap[iou][0], "per_chunk": per_chunk, "chunk_std": stat.std}
+            entry[iou] = {"whole_set": ap[iou][0], **_over_chunks(per_chunk)}
             if name != reference:
-                diffs = list(np.subtract(per_chunk, models[reference][iou][1:]))
-                d = describe([float(x) for x in diffs])
+                diffs = [a - b for a, b in zip(per_chunk, models[reference][iou][1:])]
                 entry[iou]["difference"] = {
                     "whole_set": ap[iou][0] - models[reference][iou][0],
-                    "per_chunk": [float(x) for x in diffs],
-                    "chunk_mean": d.mean,
-                    "chunk_std": d.std,
+                    **_over_chunks(diffs),
                 }
         report["models"][name] = entry
     report["reference"] = reference
@@ -95,8 +96,7 @@ def markdown(report: Mapping[str, Any]) -> str:
     for name, entry in report["models"].items():
         for iou in IOU_TYPES:
             e = entry[iou]
-            chunk_mean = float(np.mean(e["per_chunk"]))
-            row = f"| {name} | {iou} | {e['whole_set']:.1f} | {chunk_mean:.1f} ± {e['chunk_std']:.1f} |"
+            row = f"| {name} | {iou} | {e['whole_set']:.1f} | {e['chunk_mean']:.1f} ± {e['chunk_std']:.1f} |"
             d = e.get("difference")
             row += (
                 f" {d['whole_set']:+.1f} | {d['chunk_mean']:+.1f} ± {d['chunk_std']:.1f} |" if d else " | |"
@@ -129,15 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {args.ann}: {exc}", file=sys.stderr)
         return 2
     named = {}
+    image_ids = set(gt.getImgIds())
     for name, path in zip(names, args.results):
         try:
             named[name] = json.loads(path.read_text())
-            scores(gt, named[name], [sorted(gt.getImgIds())[:1]])  # refuses results of another set
-        except (OSError, ValueError, KeyError, AssertionError) as exc:
-            print(
-                f"error: {path}: {exc or 'not COCO results of the images of ' + str(args.ann)}",
-                file=sys.stderr,
-            )
+            unknown = sorted({int(entry["image_id"]) for entry in named[name]} - image_ids)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            return 2
+        if unknown:
+            print(f"error: {path}: image id {unknown[0]} is not in {args.ann}", file=sys.stderr)
             return 2
     try:
         report = analyse(gt, named, args.chunk)
