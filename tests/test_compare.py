@@ -323,6 +323,19 @@ def test_the_gap_uses_the_clean_training_loss_when_every_run_logged_one(tmp_path
     assert "The gap is biased for F-Noise arms" in summary_markdown(summary)
 
 
+def test_a_seed_one_arm_lacks_is_left_out_of_the_paired_difference(study):
+    # Seed 3 of the baseline has finished, the F-Noise arm's seed 3 not yet: the difference stays paired
+    # over seeds 0-2 (not Welch's unpaired interval over 4 against 3 seeds, which mixes unlike seeds).
+    write_run(study / "baseline" / "seed3", 3, False, 5.0, 5.0, 0.9)
+    summary = summarize(group_runs(_runs(study)))
+    assert summary["arms"][0]["seeds"] == [0, 1, 2, 3]
+    diffs = {d["metric"]: d for d in summary["differences"]}
+    train_diffs = [n - b for n, b in zip(NOISE_TRAIN, BASE_TRAIN)]
+    assert diffs["train_loss"]["paired"] and diffs["train_loss"]["n"] == 3
+    assert diffs["train_loss"]["mean"] == pytest.approx(statistics.mean(train_diffs))
+    assert diffs["train_loss"]["std"] == pytest.approx(statistics.stdev(train_diffs))
+
+
 def test_runs_of_different_lengths_are_compared_at_the_common_epoch(tmp_path):
     write_run(tmp_path / "a", 0, False, 1.0, 1.0, 0.3, epochs=2)
     write_run(tmp_path / "b", 0, True, 2.0, 1.5, 0.2, epochs=3)

@@ -13,7 +13,7 @@ from typing import Any
 
 from .runs import Arm, Run, run_complete
 from .series import compute_seconds, final_epoch, final_values, gap_series, gap_training_key, run_outcomes
-from .stats import Difference, Stat, common_seed_difference, describe, difference, holm
+from .stats import Difference, Stat, common_seed_difference, describe, holm
 
 __all__ = ["SUMMARY_METRICS", "OUTCOME_METRICS", "summarize", "summary_markdown"]
 
@@ -46,8 +46,9 @@ def summarize(arms: Sequence[Arm]) -> dict[str, Any]:
     """Final values per arm (mean ± std over seeds) and each F-Noise arm's difference from its baseline.
 
     Final values are those of the last epoch that every run finished (so runs of different lengths
-    are compared at the same point; runs in progress included: a snapshot). A baseline is matched to an
-    F-Noise arm when they agree on everything but the F-Noise settings.
+    are compared at the same point; runs in progress included: a snapshot); differences are paired over
+    the seeds both arms have (:func:`~fnoise_maskrcnn.study.stats.common_seed_difference`). A baseline is
+    matched to an F-Noise arm when they agree on everything but the F-Noise settings.
 
     Besides, over complete runs only (runs in progress are listed in ``"in_progress"``): ``"outcomes"``,
     the peak and final APs, the minimum validation loss, the validation − training loss gap by epoch and
@@ -68,7 +69,7 @@ def summarize(arms: Sequence[Arm]) -> dict[str, Any]:
             per_metric[name] = describe(*final_values(arm, path, epoch)) if epoch is not None else None
         stats.append(per_metric)
 
-    differences = _differences(arms, stats, [name for name, _, _ in SUMMARY_METRICS], difference)
+    differences = _differences(arms, stats, [name for name, _, _ in SUMMARY_METRICS], common_seed_difference)
     correction = _apply_holm(differences)
     return {
         "epoch": epoch,
