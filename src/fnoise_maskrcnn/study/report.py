@@ -8,7 +8,7 @@ runs still in progress; and the training and evaluation hours.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .runs import Arm, Run, run_complete
@@ -69,7 +69,7 @@ def summarize(arms: Sequence[Arm]) -> dict[str, Any]:
             per_metric[name] = describe(*final_values(arm, path, epoch)) if epoch is not None else None
         stats.append(per_metric)
 
-    differences = _differences(arms, stats, [name for name, _, _ in SUMMARY_METRICS], common_seed_difference)
+    differences = _differences(arms, stats, [name for name, _, _ in SUMMARY_METRICS])
     correction = _apply_holm(differences)
     return {
         "epoch": epoch,
@@ -102,10 +102,10 @@ def _differences(
     arms: Sequence[Arm],
     stats: Sequence[dict[str, Stat | None]],
     names: Sequence[str],
-    compare: Callable[[Stat, Stat], Difference],
 ) -> list[dict[str, Any]]:
-    """Each F-Noise arm's ``compare(arm, baseline)`` for the metrics ``names`` that both sides have, against
-    its matching baseline (:func:`_matching_baseline`); ``stats[i]`` are ``arms[i]``'s."""
+    """Each F-Noise arm's difference from its matching baseline (:func:`_matching_baseline`), paired over
+    the seeds both have (:func:`common_seed_difference`), for the metrics ``names`` that both sides have;
+    ``stats[i]`` are ``arms[i]``'s."""
     differences = []
     for arm, arm_stats in zip(arms, stats):
         reference = None if arm.is_baseline else _matching_baseline(arm, arms)
@@ -114,7 +114,7 @@ def _differences(
         reference_stats = stats[arms.index(reference)]
         for name in names:
             if arm_stats[name] is not None and reference_stats[name] is not None:
-                diff = compare(arm_stats[name], reference_stats[name])
+                diff = common_seed_difference(arm_stats[name], reference_stats[name])
                 differences.append(
                     {"arm": arm.label, "reference": reference.label, "metric": name, **_diff_dict(diff)}
                 )
@@ -159,7 +159,7 @@ def _outcomes(arms: Sequence[Arm]) -> dict[str, Any]:
     gap_training = gap_training_key(run for runs in complete for run in runs)
     stats = [_outcome_stats(runs, gap_training) for runs in complete]
     compared = [name for name, _, _, compare in OUTCOME_METRICS if compare]
-    differences = _differences(arms, stats, compared, common_seed_difference)
+    differences = _differences(arms, stats, compared)
     correction = _apply_holm(differences)
     arm_dicts = [
         {
