@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -566,7 +567,11 @@ def test_train_arms_runs_both_arms_per_seed_with_the_same_flags(fake_python, tmp
         rest = argv[2 + len(STUDY_TRAIN_FLAGS) :]
         expected = ["--epochs", "2", "--lr", "0.01", "--seed", seed, "--output-dir", str(run_dir)]
         assert rest == expected + (["--f-noise"] if run_dir.parent.name == "fnoise" else [])
-    assert "trained" in (study / "logs" / "fnoise-seed5.log").read_text()
+    log = (study / "logs" / "fnoise-seed5.log").read_text().splitlines()
+    assert "trained" in log
+    # the log starts with the command as a reader reruns it, not this machine's interpreter path
+    argv = json.loads((study / "fnoise" / "seed5" / "argv.json").read_text())  # without the interpreter
+    assert shlex.split(log[0]) == ["python", *argv]
     arms = group_runs([load_run(d) for d in run_dirs])
     assert [(arm.label, arm.seeds) for arm in arms] == [
         ("baseline", [3, 5]),

@@ -263,3 +263,45 @@ def test_out_of_memory_is_one_line_that_suggests_max_pixels(
     )
     assert all(str(synthetic_coco.val_images / img["file_name"]) in err for img in first_two)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_evaluate_predicts_what_training_evaluated_in_the_same_precision(
+    inference_checkpoint, synthetic_coco, tmp_path, monkeypatch, amp
+):
+    """evaluate (``--amp`` or not) writes exactly the detections that training's own evaluation scores for
+    the same weights, batches and precision, so it reproduces a run's logged validation AP."""
+    from fnoise_maskrcnn.data import CocoInstances, build_dataloader, build_transforms
+    from fnoise_maskrcnn.engine import amp_precision
+    from fnoise_maskrcnn.engine import evaluation as training_evaluation
+    from fnoise_maskrcnn.io.model_io import model_from_checkpoint
+
+    scored = []
+    real = training_evaluation.evaluate_coco
+    monkeypatch.setattr(
+        training_evaluation,
+        "evaluate_coco",
+        lambda gt, results, **kw: scored.append(results) or real(gt, results, **kw),
+    )
+    model, checkpoint = model_from_checkpoint(inference_checkpoint)
+    val_set = CocoInstances(synthetic_coco.val_images, synthetic_coco.val_ann, build_transforms(False))
+    loader = build_dataloader(val_set, batch_size=2, train=False)
+    precision = amp_precision(torch.device("cpu"), amp)
+    logged = training_evaluation.evaluate_ap(
+        model, loader, torch.device("cpu"), checkpoint["categories"], val_set.coco, precision != "float32"
+    )
+    detections = tmp_path / "detections.json"
+    argv = _argv(inference_checkpoint, synthetic_coco.val_ann, synthetic_coco.val_images, tmp_path / "m.json")
+    assert main([*argv, "--batch-size", "2", "--results", str(detections), *(["--amp"] if amp else [])]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    written = json.loads(detections.read_text())
+    assert metrics["precision"] == precision and len(written) == len(scored[0]) > 0
+    key = lambda r: (r["image_id"], -r["score"], r["bbox"])  # noqa: E731
+    for mine, theirs in zip(sorted(written, key=key), sorted(scored[0], key=key)):
+        assert mine["category_id"] == theirs["category_id"] and mine["segmentation"] == theirs["segmentation"]
+        assert mine["score"] == pytest.approx(theirs["score"], abs=1e-6)
+        assert mine["bbox"] == pytest.approx(theirs["bbox"], abs=1e-3)
+    for iou_type in ("bbox", "segm"):
+        assert metrics[iou_type] == pytest.approx(
+            {k: logged[iou_type][k] for k in metrics[iou_type]}, abs=1e-12
+        )

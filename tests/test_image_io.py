@@ -157,6 +157,31 @@ def test_predict_batch_gives_torchvisions_detections_with_binary_masks(inference
     assert all(torch.equal(image, read_image_tensor(p)) for image, p in zip(images, paths))
 
 
+def test_predict_batch_under_bfloat16_autocast_gives_torchvisions_bfloat16_detections_as_float32(
+    inference_checkpoint, synthetic_coco
+):
+    """With ``autocast_dtype=torch.bfloat16`` (``evaluate --amp``), predict_batch gives what the model gives
+    under bfloat16 autocast (what training's evaluation with ``--amp`` sees), converted to float32; and
+    that is not the float32 output, so the precision really changed."""
+    model, _ = model_from_checkpoint(inference_checkpoint)
+    paths = sorted(synthetic_coco.val_images.glob("*.jpg"))[:2]
+    images = [read_image_tensor(p) for p in paths]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(images)
+    mine = predict_batch(model, images, autocast_dtype=torch.bfloat16)
+    float32 = predict_batch(model, images)
+    assert sum(len(o["scores"]) for o in expected) >= 2
+    for output, theirs in zip(mine, expected):
+        assert output["boxes"].dtype == output["scores"].dtype == torch.float32
+        for key in ("boxes", "labels", "scores"):
+            assert torch.equal(output[key], theirs[key].float()), key
+        assert torch.equal(output["masks"], theirs["masks"].float() >= 0.5)
+    assert any(
+        a["scores"].shape != b["scores"].shape or not torch.equal(a["scores"], b["scores"])
+        for a, b in zip(mine, float32)
+    )
+
+
 def test_score_threshold_is_applied_before_masks_are_pasted(
     inference_checkpoint, synthetic_coco, monkeypatch
 ):

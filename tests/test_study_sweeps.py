@@ -31,6 +31,7 @@ from fnoise_maskrcnn.study import (
 )
 from fnoise_maskrcnn.study.arms import _run_finished, study_flags_error
 from fnoise_maskrcnn.study.plots import _final_ap_points, _panel_rows, paired_ap_differences
+from fnoise_maskrcnn.study.stats import seed_differences
 
 #: A stand-in for ``python``: writes a 2-epoch run whose segm AP depends on seed and sigma; --resume
 #: completes a run that has one epoch. Every call is appended to calls.jsonl beside the study.
@@ -490,6 +491,14 @@ def test_common_seed_difference_pairs_the_seeds_both_arms_completed():
     )
     unpaired = common_seed_difference(describe([0.5, 0.7], [0, 1]), describe([0.4, 0.4], [2, 3]))
     assert not unpaired.paired and unpaired.mean == pytest.approx(0.2)
+
+
+def test_seed_differences_pair_by_seed_not_by_position():
+    # seeds in another order, one only on each side, and "3" written as text on one side
+    assert seed_differences([0.5, 0.4, 0.9], [2, 3, 7], [0.1, 0.2, 0.3], [1, "3", 2]) == pytest.approx(
+        [0.2, 0.2]
+    )
+    assert seed_differences([0.5], [4], [0.1], [5]) == []
 
 
 def test_a_difference_every_seed_shares_exactly_uses_the_sign_test_not_an_infinite_t():

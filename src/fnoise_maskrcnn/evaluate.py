@@ -8,6 +8,8 @@ Command line::
 prints the bbox and segm tables (AP, AP50, AP75, APs, APm, APl) and the per-category APs, and writes
 them as JSON (a category without any instance in the set is ``null``). How categories are matched and
 what the numbers are: :mod:`fnoise_maskrcnn.evaluation.checkpoint_eval`, which does the work.
+``--amp`` predicts in the precision that training's ``--amp`` gives on the device (bfloat16 on a CPU
+with bfloat16 instructions), so that it reproduces the validation AP an ``--amp`` run logged.
 ``--backend faster-coco-eval`` uses the C++ COCOeval of the ``faster-coco-eval`` package, which gives the
 same numbers as pycocotools (checked by the tests and by ``benchmarks/bench_cocoeval.py``).
 
@@ -79,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto", help="'auto' (GPU when there is one), 'cpu', 'cuda' ...")
     parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="predict in the precision train's --amp gives here (bfloat16 on a CPU with bfloat16 "
+        "instructions, float16 on CUDA, else float32), to reproduce an --amp run's validation AP",
+    )
+    parser.add_argument(
         "--backend", choices=BACKENDS, default="pycocotools", help="COCOeval implementation (same numbers)"
     )
     return parser
@@ -122,13 +130,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_pixels=args.max_pixels,
             backend=args.backend,
             results_file=args.results,
+            amp=args.amp,
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic((json.dumps(metrics, indent=2) + "\n").encode(), out)
     except (CheckpointError, DatasetError, ImageError, ValueError, OSError, MemoryError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    print(f"{metrics['images']} images, {metrics['detections']} detections, COCO AP ({args.backend}):")
+    print(
+        f"{metrics['images']} images, {metrics['detections']} detections, "
+        f"COCO AP ({args.backend}, {metrics['precision']}):"
+    )
     print(format_metrics_table(metrics))
     if metrics["categories_without_predictions"]:
         print(

@@ -140,12 +140,17 @@ def _detect(model: MaskRCNN, images: list[torch.Tensor]) -> list[Output]:
     return outputs
 
 
+def _to_float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.float() if tensor.is_floating_point() else tensor
+
+
 @torch.inference_mode()
 def predict_batch(
     model: MaskRCNN,
     images: Sequence[torch.Tensor],
     score_thresh: float | None = None,
     device: torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> list[Output]:
     """Runs the model (in eval mode) on a batch of images of any sizes.
 
@@ -156,6 +161,8 @@ def predict_batch(
             ``box_score_thresh``; ``None`` keeps the model's threshold. The threshold is applied inside the
             model, before any mask is pasted at full resolution, so dropped detections cost no memory.
         device: where to run (default: the model's device).
+        autocast_dtype: run under ``torch.autocast`` in this dtype (``torch.bfloat16`` is what training
+            with ``--amp`` evaluates in on a CPU); the outputs are float32 all the same. ``None``: float32.
 
     Returns:
         One dict per image, on the CPU: ``boxes`` float32 ``[N, 4]`` XYXY in the image's pixels,
@@ -173,11 +180,13 @@ def predict_batch(
         model.roi_heads.score_thresh = score_thresh - 1e-6
     try:
         model.eval()
-        outputs = _detect(model, [image.to(device, non_blocking=True) for image in images])
+        dtype = autocast_dtype or torch.float32
+        with torch.autocast(device.type, dtype=dtype, enabled=autocast_dtype is not None):
+            outputs = _detect(model, [image.to(device, non_blocking=True) for image in images])
     finally:
         model.roi_heads.score_thresh = model_thresh
         model.train(was_training)
-    outputs = [{k: v.cpu() for k, v in output.items()} for output in outputs]
+    outputs = [{k: _to_float32(v.cpu()) for k, v in output.items()} for output in outputs]
     if score_thresh is None:
         return outputs
     return [filter_by_score(output, score_thresh) for output in outputs]

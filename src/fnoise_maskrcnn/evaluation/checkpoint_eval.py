@@ -25,6 +25,7 @@ from torch import nn
 
 from ..data import CocoInstances, collate_fn
 from ..device import is_out_of_memory, resolve_device
+from ..engine.state import amp_precision
 from ..inference import DEFAULT_MAX_PIXELS, predict_batch
 from ..io.atomic import write_bytes_atomic
 from ..io.images import ImageTooLargeError
@@ -90,8 +91,10 @@ def _coco_results(
     device: torch.device,
     batch_size: int,
     workers: int,
+    autocast_dtype: torch.dtype | None,
 ) -> list[dict[str, Any]]:
-    """COCO results of ``model`` on every image of ``dataset``, in the set's categories only.
+    """COCO results of ``model`` on every image of ``dataset``, in the set's categories only
+    (``autocast_dtype``: see :func:`fnoise_maskrcnn.inference.predict_batch`).
 
     Raises:
         MemoryError: out of memory, with a one-line message naming the images of the batch.
@@ -109,7 +112,7 @@ def _coco_results(
     for images, targets in loader:
         image_ids = [int(t["image_id"]) for t in targets]
         try:
-            outputs = predict_batch(model, list(images), device=device)
+            outputs = predict_batch(model, list(images), device=device, autocast_dtype=autocast_dtype)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -135,6 +138,7 @@ def evaluate_checkpoint(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     backend: str = "pycocotools",
     results_file: Path | None = None,
+    amp: bool = False,
 ) -> dict[str, Any]:
     """Predicts on every image of the set and evaluates; returns the metrics dict ``evaluate`` writes.
 
@@ -142,10 +146,14 @@ def evaluate_checkpoint(
     ``{"image_id", "category_id", "bbox", "score", "segmentation"}`` that ``COCO.loadRes`` reads), so
     that they can be scored again on other image subsets without predicting again.
 
+    ``amp`` predicts in the precision training's ``--amp`` resolves to on ``device`` (bfloat16 autocast on
+    a CPU with bfloat16 instructions, float16 on CUDA, else float32), which reproduces the validation AP
+    that a run trained with ``--amp`` logged; the precision used is ``"precision"`` in the result.
+
     Returns:
         ``{"bbox": {AP...}, "segm": {...}, "per_category": {"bbox": {name: AP or None}, "segm": ...},
         "images", "detections", "categories_without_predictions", "ignored_model_categories",
-        "backend", "checkpoint", "ann"}``; APs in ``[0, 1]``.
+        "backend", "precision", "checkpoint", "ann"}``; APs in ``[0, 1]``.
 
     Raises:
         CheckpointError, DatasetError, ImageError: one-line messages naming the file.
@@ -156,7 +164,9 @@ def evaluate_checkpoint(
     check_image_sizes(dataset, max_pixels)
     model, ckpt = model_from_checkpoint(checkpoint, device=torch_device)
     _, only_data, only_model = match_categories(ckpt["categories"], dataset.categories, ann_file)
-    results = _coco_results(model, dataset, ckpt["categories"], torch_device, batch_size, workers)
+    precision = amp_precision(torch_device, amp)
+    dtype = None if precision == "float32" else getattr(torch, precision)
+    results = _coco_results(model, dataset, ckpt["categories"], torch_device, batch_size, workers, dtype)
     if results_file is not None:
         results_file.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(json.dumps(results).encode(), results_file)
@@ -171,6 +181,7 @@ def evaluate_checkpoint(
             "categories_without_predictions": only_data,
             "ignored_model_categories": only_model,
             "backend": backend,
+            "precision": precision,
         }
     )
     return metrics

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shlex
 import subprocess
 import sys
 import threading
@@ -289,7 +290,8 @@ def _train_one(
     _say(f"[{number}/{total}] {arm} seed {seed} -> {run_dir}{' (resumed)' if resume else ''} (log: {log})")
     start = time.perf_counter()
     with open(log, "a" if resume else "w") as log_file:
-        log_file.write(" ".join(command) + "\n")
+        # the command as a reader reruns it: "python", not this machine's interpreter path
+        log_file.write(shlex.join(["python", *command[1:]]) + "\n")
         log_file.flush()
         code = subprocess.call(command, stdout=log_file, stderr=subprocess.STDOUT)
     if code != 0:

@@ -20,7 +20,7 @@ from .series import (
     iteration_series,
     smooth,
 )
-from .stats import t975
+from .stats import seed_differences, t975
 
 __all__ = ["PANELS", "plot_comparison"]
 
@@ -243,9 +243,9 @@ def paired_ap_differences(
     baselines = [i for i, arm in enumerate(arms) if arm.is_baseline]
     if len(baselines) != 1:
         return [None] * len(arms)
-    base = dict(zip(seeds[baselines[0]], values[baselines[0]]))
+    base = baselines[0]
     return [
-        None if i == baselines[0] else [100 * (v - base[s]) for v, s in zip(vals, arm_seeds) if s in base]
+        None if i == base else [100 * d for d in seed_differences(vals, arm_seeds, values[base], seeds[base])]
         for i, (vals, arm_seeds) in enumerate(zip(values, seeds))
     ]
 

@@ -18,6 +18,7 @@ __all__ = [
     "holm",
     "difference",
     "common_seed_difference",
+    "seed_differences",
 ]
 
 
@@ -165,6 +166,18 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
+def seed_differences(
+    values: Sequence[float],
+    seeds: Sequence[Any],
+    reference_values: Sequence[float],
+    reference_seeds: Sequence[Any],
+) -> list[float]:
+    """``values - reference_values`` seed by seed, over the seeds both sides have (matched by their text,
+    so ``0`` and ``"0"`` are one seed), in the order of ``seeds``."""
+    by_seed = {str(s): v for s, v in zip(reference_seeds, reference_values)}
+    return [v - by_seed[str(s)] for v, s in zip(values, seeds) if str(s) in by_seed]
+
+
 def difference(arm: Stat, reference: Stat) -> Difference:
     """``arm - reference`` with a 95% confidence interval over seeds.
 
@@ -174,8 +187,7 @@ def difference(arm: Stat, reference: Stat) -> Difference:
     seeds, reference_seeds = sorted(map(str, arm.seeds)), sorted(map(str, reference.seeds))
     paired = bool(seeds) and seeds == reference_seeds and len(set(seeds)) == len(seeds) == arm.n
     if paired:
-        by_seed = dict(zip(map(str, reference.seeds), reference.values))
-        diffs = np.array([v - by_seed[str(s)] for s, v in zip(arm.seeds, arm.values)])
+        diffs = np.array(seed_differences(arm.values, arm.seeds, reference.values, reference.seeds))
         mean, n = float(diffs.mean()), int(diffs.size)
         if n < 2:
             return Difference(mean, None, None, None, True, n, "seed noise unknown (one seed)")
