@@ -20,30 +20,34 @@ from typing import Any
 
 from _results import write_result
 
-#: config.json keys worth keeping beside the curve (the rest is derivable from the command).
-CONFIG_KEYS = (
-    "recipe",
-    "model",
-    "norm",
-    "min_size",
-    "max_size",
-    "batch_size",
-    "epochs",
-    "opt",
-    "lr",
-    "lr_scheduler",
-    "warmup_iters",
-    "amp",
-    "f_noise",
-    "f_noise_std",
-    "f_noise_mode",
-    "num_train_images",
-    "num_val_images",
-    "iters_per_epoch",
-    "anchor_sizes",
-    "model_kwarg",
-    "seed",
-)
+#: The sections of ``config.json`` (``TrainConfig.to_dict()``) kept beside the curve.
+CONFIG_SECTIONS = ("data", "model", "optim", "run")
+
+#: Entries that name this machine's files or choices rather than the experiment (the command names the
+#: data): per section.
+MACHINE_ENTRIES = {
+    "data": ("data_path", "train_ann", "train_images", "val_ann", "val_images", "workers"),
+    "run": ("output_dir", "resume", "device", "threads", "cpu_allocator"),
+}
+
+
+def settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's resolved settings from its ``config.json``: the ``data``, ``model``, ``optim`` and ``run``
+    sections, without the run's own paths and machine choices (:data:`MACHINE_ENTRIES`).
+
+    Raises:
+        ValueError: ``config`` lacks those sections (not a ``config.json`` of ``fnoise_maskrcnn.train``).
+    """
+    missing = [name for name in CONFIG_SECTIONS if not isinstance(config.get(name), dict)]
+    if missing:
+        raise ValueError(
+            f"no {', '.join(missing)} section in config.json; not written by fnoise_maskrcnn.train"
+        )
+    kept = {name: dict(config[name]) for name in CONFIG_SECTIONS}
+    for name, entries in MACHINE_ENTRIES.items():
+        for entry in entries:
+            kept[name].pop(entry, None)
+    return kept
 
 
 def learning_curve(run_dir: Path) -> list[dict[str, Any]]:
@@ -93,11 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("config.json", "metrics.jsonl"):
         if not (args.run_dir / name).is_file():
             parser.error(f"{args.run_dir}: no {name}; not a training run directory")
-    config = json.loads((args.run_dir / "config.json").read_text())
+    try:
+        resolved = settings(json.loads((args.run_dir / "config.json").read_text()))
+    except ValueError as exc:
+        parser.error(f"{args.run_dir / 'config.json'}: {exc}")
     points = learning_curve(args.run_dir)
     result = {
         "command": args.command,
-        "settings": {key: config.get(key) for key in CONFIG_KEYS},
+        "settings": resolved,
         "curve": points,
         **summary(points),
         "note": args.note,
