@@ -180,8 +180,7 @@ def predict_batch(
         model.roi_heads.score_thresh = score_thresh - 1e-6
     try:
         model.eval()
-        dtype = autocast_dtype or torch.float32
-        with torch.autocast(device.type, dtype=dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             outputs = _detect(model, [image.to(device, non_blocking=True) for image in images])
     finally:
         model.roi_heads.score_thresh = model_thresh

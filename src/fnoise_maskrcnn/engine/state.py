@@ -29,6 +29,7 @@ __all__ = [
     "TrainingInterrupted",
     "StopSignal",
     "DataRng",
+    "amp_dtype",
     "amp_precision",
     "autocast",
     "cpu_has_bfloat16",
@@ -264,13 +265,19 @@ def cpu_has_bfloat16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def amp_precision(device: torch.device, amp: bool) -> str:
-    """The precision ``--amp`` resolves to on ``device``: ``"float16"`` autocast on CUDA, ``"bfloat16"``
-    autocast on other devices, except a CPU without bfloat16 instructions (see :func:`cpu_has_bfloat16`),
-    which trains in ``"float32"``; ``"float32"`` without ``amp``."""
+def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype ``--amp`` resolves to on ``device``: ``torch.float16`` on CUDA, ``torch.bfloat16``
+    on other devices, except a CPU without bfloat16 instructions (see :func:`cpu_has_bfloat16`), which
+    runs in float32 (``None``: no autocast); ``None`` without ``amp``."""
     if not amp or (device.type == "cpu" and not cpu_has_bfloat16()):
-        return "float32"
-    return str(_autocast_dtype(device)).removeprefix("torch.")
+        return None
+    return _autocast_dtype(device)
+
+
+def amp_precision(device: torch.device, amp: bool) -> str:
+    """:func:`amp_dtype` by name: ``"float16"``, ``"bfloat16"`` or ``"float32"``."""
+    dtype = amp_dtype(device, amp)
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype:

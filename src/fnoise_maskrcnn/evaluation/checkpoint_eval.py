@@ -25,7 +25,7 @@ from torch import nn
 
 from ..data import CocoInstances, collate_fn
 from ..device import is_out_of_memory, resolve_device
-from ..engine.state import amp_precision
+from ..engine.state import amp_dtype, amp_precision
 from ..inference import DEFAULT_MAX_PIXELS, predict_batch
 from ..io.atomic import write_bytes_atomic
 from ..io.images import ImageTooLargeError
@@ -164,8 +164,7 @@ def evaluate_checkpoint(
     check_image_sizes(dataset, max_pixels)
     model, ckpt = model_from_checkpoint(checkpoint, device=torch_device)
     _, only_data, only_model = match_categories(ckpt["categories"], dataset.categories, ann_file)
-    precision = amp_precision(torch_device, amp)
-    dtype = None if precision == "float32" else getattr(torch, precision)
+    dtype = amp_dtype(torch_device, amp)
     results = _coco_results(model, dataset, ckpt["categories"], torch_device, batch_size, workers, dtype)
     if results_file is not None:
         results_file.parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +180,7 @@ def evaluate_checkpoint(
             "categories_without_predictions": only_data,
             "ignored_model_categories": only_model,
             "backend": backend,
-            "precision": precision,
+            "precision": amp_precision(torch_device, amp),
         }
     )
     return metrics
