@@ -145,6 +145,24 @@ def test_groups_runs_into_arms_by_configuration(study, tmp_path):
     assert arms[0].is_baseline and not arms[1].is_baseline
 
 
+def test_a_preset_arm_is_labelled_with_its_preset(study, tmp_path):
+    # --f-noise-preset gaussian-dropout resolves to the same σ = 0.1 as --f-noise, but the runs were asked
+    # for differently and form their own arm: the labels must tell the two apart
+    for seed in (0, 1):
+        write_run(
+            tmp_path / "gd" / f"seed{seed}", seed, True, 1.0, 1.0, 0.3, f_noise_preset="gaussian-dropout"
+        )
+    uniform = {"std": 0.2 / 3**0.5, "f_noise_dist": "uniform", "f_noise_preset": "deepmirror-uniform"}
+    write_run(tmp_path / "du" / "seed0", 0, True, 1.0, 1.0, 0.3, **uniform)
+    labels = [arm.label for arm in group_runs(_runs(tmp_path))]
+    assert labels == [
+        "baseline",
+        "F-Noise σ=0.1 (elementwise, all levels)",
+        "F-Noise σ=0.1 (elementwise, all levels; preset gaussian-dropout)",
+        "F-Noise σ=0.11547 (elementwise, uniform, all levels; preset deepmirror-uniform)",
+    ]
+
+
 def test_other_differences_split_arms_and_show_in_labels(tmp_path):
     write_run(tmp_path / "a", 0, False, 1.0, 1.0, 0.3, lr=0.01)
     write_run(tmp_path / "b", 1, False, 1.0, 1.0, 0.3, lr=0.02)

@@ -319,7 +319,8 @@ def _label(key: Mapping[str, Any]) -> str:
             form += f", {key['f_noise_schedule']} to {_format_value(key.get('f_noise_std_end'))}"
         if key.get("f_noise_warmup_iters"):
             form += f", warm-up {key['f_noise_warmup_iters']} it"
-        label = f"F-Noise σ={sigma} ({form}, {where})"
+        preset = f"; preset {key['f_noise_preset']}" if key.get("f_noise_preset") else ""
+        label = f"F-Noise σ={sigma} ({form}, {where}{preset})"
     else:
         label = "baseline"
     others = [f"{k}={_format_value(v)}" for k, v in key.items() if k not in F_NOISE_KEYS]
