@@ -20,6 +20,7 @@ from fnoise_maskrcnn.study import (
     RunError,
     SeedPlan,
     group_runs,
+    load_arms,
     load_run,
     plan_seeds,
     summarize,
@@ -161,6 +162,14 @@ def test_a_preset_arm_is_labelled_with_its_preset(study, tmp_path):
         "F-Noise σ=0.1 (elementwise, all levels; preset gaussian-dropout)",
         "F-Noise σ=0.11547 (elementwise, uniform, all levels; preset deepmirror-uniform)",
     ]
+
+
+def test_load_arms_reads_a_directory_once_and_keeps_the_path_as_given(study, monkeypatch):
+    monkeypatch.chdir(study)
+    given = ["baseline/seed0", "fnoise/seed0", str(study / "baseline" / "seed0"), "./fnoise/seed0"]
+    arms = load_arms(given)
+    assert [[str(run.path) for run in arm.runs] for arm in arms] == [["baseline/seed0"], ["fnoise/seed0"]]
+    assert summarize(arms)["arms"][0]["runs"] == ["baseline/seed0"]
 
 
 def test_other_differences_split_arms_and_show_in_labels(tmp_path):

@@ -23,13 +23,16 @@ __all__ = ["load_arms", "write_comparison"]
 def load_arms(
     run_dirs: Iterable[str | os.PathLike], ignored_keys: Iterable[str] = DEFAULT_IGNORED_KEYS
 ) -> list[Arm]:
-    """Reads each run directory once (by resolved path) and groups the runs into arms.
+    """Reads each run directory once (two spellings of one directory count once) and groups the runs
+    into arms. A run keeps the path it was given, so the summary names relative paths as they were typed.
 
     Raises:
         RunError: a run directory is missing or malformed, or two runs of an arm share a seed.
     """
-    unique_dirs = list(dict.fromkeys(Path(d).resolve() for d in run_dirs))
-    return group_runs([load_run(d) for d in unique_dirs], ignored_keys)
+    unique_dirs: dict[Path, Path] = {}
+    for run_dir in run_dirs:
+        unique_dirs.setdefault(Path(run_dir).resolve(), Path(run_dir))
+    return group_runs([load_run(d) for d in unique_dirs.values()], ignored_keys)
 
 
 def write_comparison(arms: Sequence[Arm], out: Path, *, smoothing: int | None = None, title: str = "") -> str:
