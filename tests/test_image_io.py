@@ -16,6 +16,7 @@ from fnoise_maskrcnn.data import CocoInstances
 from fnoise_maskrcnn.inference import filter_by_score, predict_batch
 from fnoise_maskrcnn.io.images import ImageError, ImageTooLargeError, read_image, read_image_tensor, to_rgb
 from fnoise_maskrcnn.io.model_io import model_from_checkpoint
+from fnoise_maskrcnn.precision import detection_autocast
 from fnoise_maskrcnn.predict import main as predict_main
 
 
@@ -157,21 +158,25 @@ def test_predict_batch_gives_torchvisions_detections_with_binary_masks(inference
     assert all(torch.equal(image, read_image_tensor(p)) for image, p in zip(images, paths))
 
 
-def test_predict_batch_under_bfloat16_autocast_gives_torchvisions_bfloat16_detections_as_float32(
+def test_predict_batch_under_bfloat16_autocast_gives_the_models_mixed_precision_detections(
     inference_checkpoint, synthetic_coco
 ):
     """With ``autocast_dtype=torch.bfloat16`` (``evaluate --amp``), predict_batch gives what the model gives
-    under bfloat16 autocast (what training's evaluation with ``--amp`` sees), converted to float32; and
-    that is not the float32 output, so the precision really changed."""
+    under ``detection_autocast`` (what training's evaluation with ``--amp`` sees: bfloat16 layers, float32
+    box geometry), as float32; that is neither torchvision's plain-autocast output, whose boxes are
+    bfloat16-rounded, nor the float32 output, so the precision really changed."""
     model, _ = model_from_checkpoint(inference_checkpoint)
     paths = sorted(synthetic_coco.val_images.glob("*.jpg"))[:2]
     images = [read_image_tensor(p) for p in paths]
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.inference_mode(), detection_autocast(model, "cpu", torch.bfloat16):
         expected = model(images)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain_autocast = model(images)
     mine = predict_batch(model, images, autocast_dtype=torch.bfloat16)
     float32 = predict_batch(model, images)
     assert sum(len(o["scores"]) for o in expected) >= 2
-    for output, theirs in zip(mine, expected):
+    for output, theirs, plain in zip(mine, expected, plain_autocast):
+        assert theirs["boxes"].dtype == torch.float32 and plain["boxes"].dtype == torch.bfloat16
         assert output["boxes"].dtype == output["scores"].dtype == torch.float32
         for key in ("boxes", "labels", "scores"):
             assert torch.equal(output[key], theirs[key].float()), key

@@ -27,6 +27,7 @@ from torchvision.utils import draw_bounding_boxes
 
 from .evaluation.coco import MASK_THRESHOLD, encode_masks
 from .io.images import ImageError, ImageTooLargeError
+from .precision import detection_autocast
 
 __all__ = [
     "ImageError",
@@ -180,7 +181,7 @@ def predict_batch(
         model.roi_heads.score_thresh = score_thresh - 1e-6
     try:
         model.eval()
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with detection_autocast(model, device.type, autocast_dtype):
             outputs = _detect(model, [image.to(device, non_blocking=True) for image in images])
     finally:
         model.roi_heads.score_thresh = model_thresh
