@@ -55,7 +55,7 @@ def float32_box_geometry(model: nn.Module, enabled: bool = True) -> Iterator[Non
     Args:
         model: a torchvision ``GeneralizedRCNN`` (Mask R-CNN, Faster R-CNN), or a ``DistributedDataParallel``
             around one; a module without ``rpn``/``roi_heads`` is left alone.
-        enabled: ``False`` makes the block a no-op (for ``with autocast(...), float32_box_geometry(m, amp)``).
+        enabled: ``False`` makes the block a no-op.
     """
     model = getattr(model, "module", model)  # DistributedDataParallel
     handles = []

@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader
 from .. import distributed as dist_utils
 from ..evaluation.coco import evaluate_coco, predictions_to_coco_results
 from ..fnoise import FNoise
-from ..precision import float32_box_geometry
 from .state import LOSS_NAMES, autocast, to_device, unwrap
 
 __all__ = ["evaluate_losses", "evaluate_ap"]
@@ -66,7 +65,7 @@ def evaluate_losses(
         for images, targets in data_loader:
             check_stop()
             images, targets = to_device(images, targets, device)
-            with autocast(device, amp), float32_box_geometry(model, amp):
+            with autocast(device, amp, model):
                 loss_dict = model(images, targets)
             for name in LOSS_NAMES:
                 sums[name] += float(loss_dict[name])
@@ -102,7 +101,7 @@ def evaluate_ap(
         for images, targets in data_loader:
             check_stop()
             images = [image.to(device, non_blocking=True) for image in images]
-            with autocast(device, amp), float32_box_geometry(model, amp):
+            with autocast(device, amp, model):
                 outputs = model(images)
             outputs = [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
             for output, target in zip(outputs, targets):

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
 from ..distributed import unwrap
+from ..precision import detection_autocast
 
 __all__ = [
     "LOSS_NAMES",
@@ -284,8 +285,13 @@ def _autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``--amp``: float16 on CUDA (with a ``GradScaler``), bfloat16 elsewhere."""
+def autocast(
+    device: torch.device, enabled: bool, model: nn.Module | None = None
+) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``--amp``: float16 on CUDA (with a ``GradScaler``), bfloat16 elsewhere; with
+    ``model``, :func:`fnoise_maskrcnn.precision.detection_autocast` (box geometry kept in float32)."""
+    if model is not None:
+        return detection_autocast(model, device.type, _autocast_dtype(device) if enabled else None)
     return torch.autocast(device.type, dtype=_autocast_dtype(device), enabled=enabled)
 
 

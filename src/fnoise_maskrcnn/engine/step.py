@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from .. import distributed as dist_utils
-from ..precision import float32_box_geometry
 from .state import LOSS_NAMES, NonFiniteLossError, TrainState, autocast, to_device
 
 __all__ = ["StepOutput", "Trainable", "train_step"]
@@ -55,7 +54,7 @@ def train_step(run: Trainable, batch: tuple[Any, Any], stop_flag: bool) -> StepO
         NonFiniteLossError: the reduced loss is not finite; nothing was updated.
     """
     images, targets = to_device(*batch, run.device)
-    with autocast(run.device, run.amp), float32_box_geometry(run.ddp_model, run.amp):
+    with autocast(run.device, run.amp, run.ddp_model):
         loss_dict = run.ddp_model(images, targets)
     losses = sum(loss_dict.values())
     local = dict(zip(LOSS_NAMES, torch.stack([loss_dict[k].detach().float() for k in LOSS_NAMES]).tolist()))
