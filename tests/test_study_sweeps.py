@@ -26,6 +26,7 @@ from fnoise_maskrcnn.study import (
     planned_epochs,
     study_arms,
     summarize,
+    summary_markdown,
     t_two_sided_p,
     train_arms,
 )
@@ -397,6 +398,27 @@ def test_gap_by_epoch_is_validation_minus_training_loss_over_seeds(course_study)
     epochs, gaps = rows["validation − training loss by epoch"][0][1]  # baseline, seed 1
     assert list(epochs) == [0, 1, 2, 3] and gaps == pytest.approx([0.2, 0.2, 0.5, 1.01])
     assert len(rows["validation − training loss by epoch"][0]) == 4
+
+
+def test_segm_ap_by_epoch_is_the_mean_over_complete_seeds_and_a_markdown_table(course_study):
+    summary, arms = _outcomes(course_study)
+    base = arms["baseline"]["segm_AP_by_epoch"]
+    # baseline 0.10/0.30/0.35/0.32 + 0.01 s over seeds 0-2; the seed in progress (0.5, 0.9) is left out
+    assert [row["epoch"] for row in base] == [0, 1, 2, 3]
+    assert [row["mean"] for row in base] == pytest.approx([0.11, 0.31, 0.36, 0.33])
+    assert [row["std"] for row in base] == pytest.approx([0.01] * 4)
+    assert all(row["seeds"] == [0, 1, 2] for row in base)
+    # F-Noise σ=0.1 at its last epoch: 0.36 + 0.02 s; σ=0.2 has one complete seed: no std
+    assert arms[LABEL_01]["segm_AP_by_epoch"][3]["mean"] == pytest.approx(0.38)
+    assert arms[LABEL_01]["segm_AP_by_epoch"][3]["std"] == pytest.approx(0.02)
+    assert arms[LABEL_02]["segm_AP_by_epoch"][3]["std"] is None
+    lines = summary_markdown(summary).splitlines()
+    start = lines.index("### Validation segm AP by epoch")
+    header = f"| epoch | baseline | {LABEL_01} | {LABEL_02} |"
+    assert lines[start + 4] == header
+    assert lines[start + 6] == "| 0 | 0.1100 ± 0.0100 | 0.1100 ± 0.0100 | 0.1000 |"
+    assert lines[start + 9] == "| 3 | 0.3300 ± 0.0100 | 0.3800 ± 0.0200 | 0.3600 |"
+    assert lines.index("### Validation − training loss by epoch") > start
 
 
 def test_runs_in_progress_are_listed_and_left_out_of_the_statistics(course_study):

@@ -8,11 +8,21 @@ runs still in progress; and the training and evaluation hours.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from .runs import Arm, Run, run_complete
-from .series import compute_seconds, final_epoch, final_values, gap_series, gap_training_key, run_outcomes
+from .series import (
+    compute_seconds,
+    epoch_series,
+    final_epoch,
+    final_values,
+    gap_series,
+    gap_training_key,
+    run_outcomes,
+)
 from .stats import Difference, Stat, common_seed_difference, describe, holm
 
 __all__ = ["SUMMARY_METRICS", "OUTCOME_METRICS", "summarize", "summary_markdown"]
@@ -142,7 +152,8 @@ def _outcomes(arms: Sequence[Arm]) -> dict[str, Any]:
     """Whole-course numbers of each arm's complete runs and their paired differences from the baseline.
 
     Per arm, each of :data:`OUTCOME_METRICS` as mean ± std over the complete seeds (``None`` without
-    one) and ``"gap_by_epoch"``: validation − training loss per evaluated epoch, mean ± std over seeds.
+    one), ``"segm_AP_by_epoch"``: validation segm AP per evaluated epoch, and ``"gap_by_epoch"``:
+    validation − training loss per evaluated epoch, both mean ± std over seeds.
     Per F-Noise arm with a matching baseline, the difference of each compared metric, paired over the
     seeds complete in both arms (Holm-adjusted over the arms as in :func:`summarize`).
 
@@ -151,9 +162,9 @@ def _outcomes(arms: Sequence[Arm]) -> dict[str, Any]:
     :func:`fnoise_maskrcnn.study.gap_training_key`.
 
     Returns:
-        ``{"arms": [{"label", "seeds", "n", "metrics": {name: stat | None}, "gap_by_epoch": [{"epoch",
-        "mean", "std", "n", "values", "seeds"}]}], "differences": [...], "correction": "holm" | None,
-        "gap_training": "train_clean" | "train"}``.
+        ``{"arms": [{"label", "seeds", "n", "metrics": {name: stat | None}, "segm_AP_by_epoch": rows,
+        "gap_by_epoch": rows}], "differences": [...], "correction": "holm" | None, "gap_training":
+        "train_clean" | "train"}``, each of ``rows`` ``{"epoch", "mean", "std", "n", "values", "seeds"}``.
     """
     complete = [[run for run in arm.runs if run_complete(run)] for arm in arms]
     gap_training = gap_training_key(run for runs in complete for run in runs)
@@ -167,7 +178,8 @@ def _outcomes(arms: Sequence[Arm]) -> dict[str, Any]:
             "seeds": [run.seed for run in runs],
             "n": len(runs),
             "metrics": {name: _stat_dict(stat) for name, stat in arm_stats.items()},
-            "gap_by_epoch": _gap_by_epoch(runs, gap_training),
+            "segm_AP_by_epoch": _by_epoch(runs, lambda run: epoch_series(run, "segm.AP")),
+            "gap_by_epoch": _by_epoch(runs, lambda run: gap_series(run, gap_training)),
         }
         for arm, runs, arm_stats in zip(arms, complete, stats)
     ]
@@ -189,15 +201,17 @@ def _outcome_stats(runs: Sequence[Run], gap_training: str) -> dict[str, Stat | N
     return stats
 
 
-def _gap_by_epoch(runs: Sequence[Run], gap_training: str) -> list[dict[str, Any]]:
-    """Validation − training loss per epoch that some run evaluated: mean ± std over the runs that did."""
+def _by_epoch(
+    runs: Sequence[Run], series: Callable[[Run], tuple[np.ndarray, np.ndarray]]
+) -> list[dict[str, Any]]:
+    """A per-epoch ``series`` of each run, at every epoch some run has: mean ± std over the runs that do."""
     by_epoch: dict[int, list[tuple[Any, float]]] = {}
     for run in runs:
-        for epoch, gap in zip(*gap_series(run, gap_training)):
-            by_epoch.setdefault(int(epoch), []).append((run.seed, float(gap)))
+        for epoch, value in zip(*series(run)):
+            by_epoch.setdefault(int(epoch), []).append((run.seed, float(value)))
     rows = []
     for epoch in sorted(by_epoch):
-        stat = describe([gap for _, gap in by_epoch[epoch]], [seed for seed, _ in by_epoch[epoch]])
+        stat = describe([value for _, value in by_epoch[epoch]], [seed for seed, _ in by_epoch[epoch]])
         rows.append({"epoch": epoch, **(_stat_dict(stat) or {})})
     return rows
 
@@ -379,6 +393,12 @@ def _outcomes_markdown(outcomes: dict[str, Any]) -> list[str]:
         return lines + ["No run is complete yet: no peak, final or overfitting statistics.", ""]
     names = [name for name, _, _, _ in OUTCOME_METRICS]
     lines += _outcome_table(outcomes["arms"], names[:6])
+    lines += _by_epoch_markdown(
+        outcomes["arms"],
+        "segm_AP_by_epoch",
+        "### Validation segm AP by epoch",
+        "Mean ± sample std over the complete seeds: when each arm learns, peaks and levels off.",
+    )
     lines += [
         "## Does F-Noise delay overfitting? Validation loss and the validation − training gap",
         "",
@@ -395,7 +415,14 @@ def _outcomes_markdown(outcomes: dict[str, Any]) -> list[str]:
         titles = {name: (title, digits) for name, title, digits, _ in OUTCOME_METRICS}
         lines += ["### Differences from the baseline, complete runs paired by seed", ""]
         lines += _differences_markdown(outcomes["differences"], titles, outcomes.get("correction"))
-    return lines + _gap_markdown(outcomes["arms"], outcomes.get("gap_training", "train"))
+    clean = outcomes.get("gap_training", "train") == "train_clean"
+    which = "F-Noise off" if clean else "biased for F-Noise arms, see above"
+    return lines + _by_epoch_markdown(
+        outcomes["arms"],
+        "gap_by_epoch",
+        "### Validation − training loss by epoch",
+        f"Mean ± sample std over the complete seeds ({which}).",
+    )
 
 
 #: What the training loss of the gap is, by :func:`fnoise_maskrcnn.study.gap_training_key`.
@@ -413,22 +440,21 @@ _GAP_TRAINING_NOTES = {
 }
 
 
-def _gap_markdown(arms: Sequence[dict[str, Any]], gap_training: str) -> list[str]:
-    """Validation − training loss per epoch (rows) and arm (columns): mean ± std over complete seeds."""
-    epochs = sorted({row["epoch"] for arm in arms for row in arm["gap_by_epoch"]})
+def _by_epoch_markdown(arms: Sequence[dict[str, Any]], key: str, heading: str, note: str) -> list[str]:
+    """The per-epoch rows ``arm[key]`` as a table: epochs down, arms across, mean ± std over seeds."""
+    epochs = sorted({row["epoch"] for arm in arms for row in arm[key]})
     if not epochs:
         return []
-    which = "F-Noise off" if gap_training == "train_clean" else "biased for F-Noise arms, see above"
     lines = [
-        "### Validation − training loss by epoch",
+        heading,
         "",
-        f"Mean ± sample std over the complete seeds ({which}).",
+        note,
         "",
         "| epoch | " + " | ".join(arm["label"] for arm in arms) + " |",
         "|---|" + "---|" * len(arms),
     ]
     for epoch in epochs:
-        cells = [_pm(next((r for r in arm["gap_by_epoch"] if r["epoch"] == epoch), None)) for arm in arms]
+        cells = [_pm(next((r for r in arm[key] if r["epoch"] == epoch), None)) for arm in arms]
         lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
     return lines + [""]
 
