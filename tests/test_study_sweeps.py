@@ -31,7 +31,15 @@ from fnoise_maskrcnn.study import (
     train_arms,
 )
 from fnoise_maskrcnn.study.arms import _run_finished, study_flags_error
-from fnoise_maskrcnn.study.plots import _final_ap_points, _panel_rows, paired_ap_differences
+from fnoise_maskrcnn.study.plots import (
+    TICK_WIDTH,
+    TITLE_WIDTH,
+    _final_ap_points,
+    _panel_rows,
+    paired_ap_differences,
+    plot_comparison,
+    wrap_label,
+)
 from fnoise_maskrcnn.study.stats import seed_differences
 
 #: A stand-in for ``python``: writes a 2-epoch run whose segm AP depends on seed and sigma; --resume
@@ -169,6 +177,38 @@ def test_paired_differences_and_holm_match_hand_computation(tmp_path):
     assert large["verdict"] == "beyond seed noise (Holm)" and small["verdict"] == "within seed noise (Holm)"
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert t_two_sided_p(2.571, 5) == pytest.approx(0.05, abs=1e-4)
+
+
+def test_long_arm_labels_wrap_in_column_titles_and_ticks_and_keep_every_word(tmp_path):
+    presets = {
+        "gaussian-dropout": {"f_noise_std": 0.1},
+        "deepmirror-uniform": {"f_noise_std": 0.11547, "f_noise_dist": "uniform"},
+    }
+    runs = []
+    for seed in range(2):
+        runs.append(_write_run(tmp_path / f"b{seed}", seed, False, 0.1, 0.30 + 0.01 * seed))
+        for preset, flags in presets.items():
+            run = _write_run(
+                tmp_path / f"{preset}{seed}", seed, True, flags["f_noise_std"], 0.31 + 0.01 * seed
+            )
+            config = json.loads((run / "config.json").read_text())
+            (run / "config.json").write_text(json.dumps({**config, **flags, "f_noise_preset": preset}))
+            runs.append(run)
+    arms = group_runs([load_run(r) for r in runs])
+    labels = [arm.label for arm in arms]
+    assert max(map(len, labels)) > 70  # "F-Noise σ=0.11547 (elementwise, uniform, all levels; preset ...)"
+    figure = plot_comparison(arms)
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    for label in labels[1:]:
+        (title,) = [t for t in titles if t.split("\nseeds")[0].replace("\n", " ") == label]
+        assert all(len(line) <= TITLE_WIDTH for line in title.splitlines()) and title.count("\n") >= 2
+    legend = [t.get_text() for ax in figure.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert [t.replace("\n", " ") for t in legend] == labels
+    assert all(len(line) <= TITLE_WIDTH for text in legend for line in text.splitlines())
+    ticks = [t.get_text() for ax in figure.axes[-2:] for t in ax.get_xticklabels()]
+    assert sorted(t.replace("\n", " ") for t in ticks) == sorted(labels * 2)  # both panels
+    assert all(len(line) <= TICK_WIDTH for tick in ticks for line in tick.splitlines())
+    assert wrap_label("a σ=0.11547-long-word", 4) == "a\nσ=0.11547-long-word"
 
 
 def test_rerun_keeps_finished_runs_resumes_interrupted_ones_and_trains_the_rest(fake_python, tmp_path):

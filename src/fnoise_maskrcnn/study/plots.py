@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,7 +40,18 @@ PANELS = (
 )
 
 
+#: Characters per line of an arm's label: in a column's title (a 3.6-inch column at 10 pt) and under
+#: a tick of the final-AP panels (8 pt, up to five arms over half the figure's width).
+TITLE_WIDTH = 38
+TICK_WIDTH = 26
+
 Curve = tuple[np.ndarray, np.ndarray]
+
+
+def wrap_label(label: str, width: int) -> str:
+    """``label`` on lines of at most ``width`` characters, broken at spaces only: a word longer than
+    ``width`` keeps a line of its own, and ``σ=0.11547`` or ``gaussian-dropout`` is never split."""
+    return textwrap.fill(label, width, break_long_words=False, break_on_hyphens=False)
 
 
 def _aggregate(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -111,7 +123,9 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: int | None = None, title:
                 ax.set_xlabel("iteration" if kind == "iter" else "epoch", fontsize=9)
         axes[r, 0].set_ylabel(row_title, fontsize=9)
     for c, arm in enumerate(arms):
-        axes[0, c].set_title(f"{arm.label}\nseeds {', '.join(map(str, arm.seeds))}", fontsize=10)
+        axes[0, c].set_title(
+            f"{wrap_label(arm.label, TITLE_WIDTH)}\nseeds {', '.join(map(str, arm.seeds))}", fontsize=10
+        )
     axes[0, -1].set_title("all arms, mean ± std", fontsize=10)
     axes[0, -1].legend(fontsize=7, loc="upper right")
     return figure
@@ -159,7 +173,7 @@ def _draw_row(
                     low, high = min(low, float(y.min())), max(high, float(y.max()))
             continue
         x, mean, std = aggregated
-        for ax, label in ((axes_row[a], None), (axes_row[-1], arm.label)):
+        for ax, label in ((axes_row[a], None), (axes_row[-1], wrap_label(arm.label, TITLE_WIDTH))):
             marker = "o-" if kind == "epoch" else "-"
             ax.plot(x, mean, marker, color=colour, linewidth=1.6, markersize=4, label=label)
             ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.25, linewidth=0)
@@ -220,7 +234,7 @@ def _plot_per_arm(
         mean, half = _mean_and_half_ci(values)
         ax.plot([x] * len(values), values, "o", color=f"C{i}", alpha=0.3, markersize=4)
         ax.errorbar([x], [mean], yerr=[half], fmt="s", color=f"C{i}", capsize=4, markersize=6)
-    ax.set_xticks(xs, ticks, fontsize=8)
+    ax.set_xticks(xs, [wrap_label(tick, TICK_WIDTH) for tick in ticks], fontsize=8)
     ax.set_xlabel(x_title, fontsize=9)
     ax.set_ylabel(y_title, fontsize=9)
     ax.set_title(title, fontsize=10)
