@@ -40,8 +40,9 @@ PANELS = (
 )
 
 
-#: Characters per line of an arm's label: in a column's title (a 3.6-inch column at 10 pt) and under
-#: a tick of the final-AP panels (8 pt, up to five arms over half the figure's width).
+#: Characters per line of an arm's label: in a column's title and the overlay column's legend (a
+#: 3.6-inch column at 10 and 7 pt), and under a tick of the final-AP panels (8 pt, up to five arms over
+#: half the figure's width).
 TITLE_WIDTH = 38
 TICK_WIDTH = 26
 
