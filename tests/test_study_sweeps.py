@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from conftest import write_fake_python
 from fnoise_maskrcnn.compare import main
@@ -202,13 +203,26 @@ def test_long_arm_labels_wrap_in_column_titles_and_ticks_and_keep_every_word(tmp
     for label in labels[1:]:
         (title,) = [t for t in titles if t.split("\nseeds")[0].replace("\n", " ") == label]
         assert all(len(line) <= TITLE_WIDTH for line in title.splitlines()) and title.count("\n") >= 2
-    legend = [t.get_text() for ax in figure.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    legends = [lg for sub in [figure, *figure.subfigs] for lg in sub.legends]
+    legends += [ax.get_legend() for ax in figure.axes if ax.get_legend()]
+    (legend_box,) = legends
+    legend = [t.get_text() for t in legend_box.get_texts()]
     assert [t.replace("\n", " ") for t in legend] == labels
     assert all(len(line) <= TITLE_WIDTH for text in legend for line in text.splitlines())
     ticks = [t.get_text() for ax in figure.axes[-2:] for t in ax.get_xticklabels()]
     assert sorted(t.replace("\n", " ") for t in ticks) == sorted(labels * 2)  # both panels
     assert all(len(line) <= TICK_WIDTH for tick in ticks for line in tick.splitlines())
     assert wrap_label("a σ=0.11547-long-word", 4) == "a\nσ=0.11547-long-word"
+    # Laid out: the legend covers no panel, and the AP panels' labels do not widen one gap of the grid.
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legend_extent = legend_box.get_window_extent(renderer)
+    assert not any(ax.get_window_extent(renderer).overlaps(legend_extent) for ax in figure.axes)
+    top_row = sorted((ax.get_position() for ax in figure.axes[:-2] if ax.get_title()), key=lambda box: box.x0)
+    assert len(top_row) == len(arms) + 1
+    gaps = [right.x0 - left.x1 for left, right in zip(top_row, top_row[1:])]
+    assert max(gaps) < 1.5 * min(gaps), gaps
 
 
 def test_rerun_keeps_finished_runs_resumes_interrupted_ones_and_trains_the_rest(fake_python, tmp_path):

@@ -40,11 +40,12 @@ PANELS = (
 )
 
 
-#: Characters per line of an arm's label: in a column's title and the overlay column's legend (a
-#: 3.6-inch column at 10 and 7 pt), and under a tick of the final-AP panels (8 pt, up to five arms over
-#: half the figure's width).
+#: Characters per line of an arm's label: in a column's title and the figure's legend (one 3.6-inch
+#: column at 10 and 9 pt), and under a tick of the final-AP panels (8 pt, up to five arms over half the
+#: figure's width); and of a row's title beside its y axis (9 pt, a 2.3-inch row).
 TITLE_WIDTH = 38
 TICK_WIDTH = 26
+ROW_TITLE_WIDTH = 30
 
 Curve = tuple[np.ndarray, np.ndarray]
 
@@ -83,13 +84,15 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: int | None = None, title:
     Per-iteration rows show each seed's raw curve faintly and the mean of the smoothed curves (centred
     moving average over ``smoothing`` logged iterations; default: a 25th of the run) with a ± std band
     over seeds. Per-epoch rows show each seed's values as dots and the mean ± std. Each row shares its
-    y axis across columns. Rows without data in any run are left out.
+    y axis across columns. Rows without data in any run are left out. The arms' legend sits above the
+    grid; the "AP vs σ" panels (final segm AP per arm, and paired differences from the baseline) get a
+    row of their own below it, laid out apart so their axis labels do not widen the grid's columns.
     """
     window = _smoothing_window(arms, smoothing)
     rows = _panel_rows(arms)
     ap_points = _final_ap_points(arms)
     columns = len(arms) + 1
-    height = 2.3 * (max(len(rows), 1) + (ap_points is not None)) + 0.8
+    height = 2.3 * (max(len(rows), 1) + 1.25 * (ap_points is not None)) + 1.2
     figure = Figure(figsize=(3.6 * columns, height), dpi=60, layout="constrained")
     seeds = sorted({len(arm.runs) for arm in arms})
     figure.suptitle(
@@ -101,15 +104,17 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: int | None = None, title:
     if not rows:
         figure.text(0.5, 0.5, "no metrics logged yet", ha="center", va="center")
         return figure
-    axes = figure.subplots(len(rows) + (ap_points is not None), columns, squeeze=False, sharey="row")
+    # Subfigures: the grid's legend goes under the suptitle, and the AP panels' labels stay out of the grid.
+    grid_figure, ap_figure = (
+        figure.subfigures(2, 1, height_ratios=[len(rows), 1.25])
+        if ap_points is not None
+        else (figure.subfigures(1, 1), None)
+    )
+    axes = grid_figure.subplots(len(rows), columns, squeeze=False, sharey="row")
     if ap_points is not None:
-        grid = axes[-1, 0].get_gridspec()
-        for ax in axes[-1]:
-            ax.remove()
-        half = max(columns // 2, 1)
-        _plot_final_ap(figure.add_subplot(grid[-1, :half]), *ap_points[:4])
-        _plot_paired_differences(figure.add_subplot(grid[-1, half:]), arms, *ap_points)
-        axes = axes[:-1]
+        left, right = ap_figure.subplots(1, 2)
+        _plot_final_ap(left, *ap_points[:4])
+        _plot_paired_differences(right, arms, *ap_points)
     for r, (kind, row_title, per_arm) in enumerate(rows):
         low, high = _draw_row(axes[r], arms, kind, per_arm, window)
         if math.isfinite(low):
@@ -122,13 +127,15 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: int | None = None, title:
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if r == len(rows) - 1 or rows[r + 1][0] != kind:
                 ax.set_xlabel("iteration" if kind == "iter" else "epoch", fontsize=9)
-        axes[r, 0].set_ylabel(row_title, fontsize=9)
+        axes[r, 0].set_ylabel(wrap_label(row_title, ROW_TITLE_WIDTH), fontsize=9)
     for c, arm in enumerate(arms):
         axes[0, c].set_title(
             f"{wrap_label(arm.label, TITLE_WIDTH)}\nseeds {', '.join(map(str, arm.seeds))}", fontsize=10
         )
     axes[0, -1].set_title("all arms, mean ± std", fontsize=10)
-    axes[0, -1].legend(fontsize=7, loc="upper right")
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    if handles:
+        grid_figure.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 5), fontsize=9)
     return figure
 
 
