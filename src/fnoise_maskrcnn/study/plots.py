@@ -116,18 +116,9 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: int | None = None, title:
         _plot_final_ap(left, *ap_points[:4])
         _plot_paired_differences(right, arms, *ap_points)
     for r, (kind, row_title, per_arm) in enumerate(rows):
-        low, high = _draw_row(axes[r], arms, kind, per_arm, window)
-        if math.isfinite(low):
-            margin = 0.06 * (high - low) if high > low else 0.05 * max(abs(high), 1e-3)
-            axes[r, 0].set_ylim(low - margin, high + margin)
-        for ax in axes[r]:
-            ax.grid(True, alpha=0.3)
-            ax.tick_params(labelsize=8)
-            if kind == "epoch":
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            if r == len(rows) - 1 or rows[r + 1][0] != kind:
-                ax.set_xlabel("iteration" if kind == "iter" else "epoch", fontsize=9)
-        axes[r, 0].set_ylabel(wrap_label(row_title, ROW_TITLE_WIDTH), fontsize=9)
+        y_range = _draw_row(axes[r], arms, kind, per_arm, window)
+        last_of_kind = r == len(rows) - 1 or rows[r + 1][0] != kind
+        _style_row(axes[r], kind, row_title, y_range, last_of_kind)
     for c, arm in enumerate(arms):
         axes[0, c].set_title(
             f"{wrap_label(arm.label, TITLE_WIDTH)}\nseeds {', '.join(map(str, arm.seeds))}", fontsize=10
@@ -137,6 +128,24 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: int | None = None, title:
     if handles:
         grid_figure.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 5), fontsize=9)
     return figure
+
+
+def _style_row(
+    axes_row: Sequence[Any], kind: str, title: str, y_range: tuple[float, float], x_label: bool
+) -> None:
+    """Grid, ticks, the shared y range with a margin, the row's title and (if ``x_label``) the x title."""
+    low, high = y_range
+    if math.isfinite(low):
+        margin = 0.06 * (high - low) if high > low else 0.05 * max(abs(high), 1e-3)
+        axes_row[0].set_ylim(low - margin, high + margin)
+    for ax in axes_row:
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=8)
+        if kind == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if x_label:
+            ax.set_xlabel("iteration" if kind == "iter" else "epoch", fontsize=9)
+    axes_row[0].set_ylabel(wrap_label(title, ROW_TITLE_WIDTH), fontsize=9)
 
 
 def _panel_rows(arms: Sequence[Arm]) -> list[tuple[str, str, list[list[Curve]]]]:
