@@ -116,8 +116,10 @@ def test_sweep_of_two_values_and_two_seeds_gives_three_arms_and_the_ap_panel(fak
         ("F-Noise σ=0.1 (elementwise, all levels)", [0, 1]),
         ("F-Noise σ=0.2 (elementwise, all levels)", [0, 1]),
     ]
-    xs, ticks, values, title, seeds = _final_ap_points(grouped)
-    assert xs == [0.0, 0.1, 0.2] and title.startswith("F-Noise σ") and seeds == [[0, 1]] * 3
+    points = _final_ap_points(grouped)
+    xs, values, seeds = points.xs, points.values, points.seeds
+    assert xs == [0.0, 0.1, 0.2] and points.x_title.startswith("F-Noise σ") and seeds == [[0, 1]] * 3
+    assert points.quantity == "final segm AP" and points.note == ""
     assert values[2] == pytest.approx([0.3 + 0.02 + 0.01, 0.31 + 0.02 + 0.01])
     differences = paired_ap_differences(grouped, values, seeds)  # AP points, seed by seed
     assert differences[0] is None
@@ -493,6 +495,24 @@ def test_runs_in_progress_are_listed_and_left_out_of_the_statistics(course_study
     assert single["mean"] == pytest.approx(0.36) and single["std"] is None
     # the snapshot at the last common epoch (epoch 1) still holds every run
     assert summary["epoch"] == 1 and summary["arms"][0]["seeds"] == [0, 1, 2, 3]
+
+
+def test_ap_panels_name_the_epoch_they_show_while_runs_are_in_progress(course_study):
+    grouped = group_runs([load_run(d) for d in course_study])
+    points = _final_ap_points(grouped)
+    # seed 3 of two arms and seed 1 of σ=0.2 stopped after epoch 1: the panels show epoch 1, every seed
+    assert points.quantity == "segm AP at epoch 1" and "in progress" in points.note
+    assert points.seeds == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1]]
+    assert points.values[0] == pytest.approx([0.30, 0.31, 0.32, 0.9])
+    figure = plot_comparison(grouped)
+    titles = [ax.get_title() for ax in figure.subfigs[1].axes]
+    assert titles[0].startswith("segm AP at epoch 1 per arm") and all("in progress" in t for t in titles)
+    assert [ax.get_ylabel() for ax in figure.subfigs[1].axes] == [
+        "segm AP at epoch 1 (val)",
+        "Δ segm AP at epoch 1 (points)",
+    ]
+    finished = group_runs([load_run(d) for d in course_study if d.name != "seed3" and d.parent.name != "s02"])
+    assert _final_ap_points(finished).quantity == "final segm AP"
 
 
 def test_compute_sums_train_and_eval_time_of_every_run(course_study):

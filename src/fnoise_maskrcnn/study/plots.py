@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .runs import LOSS_KEYS, Arm, sigma_of
+from .runs import LOSS_KEYS, Arm, run_complete, sigma_of
 from .series import (
     epoch_series,
     final_epoch,
@@ -113,8 +113,8 @@ def plot_comparison(arms: Sequence[Arm], *, smoothing: int | None = None, title:
     axes = grid_figure.subplots(len(rows), columns, squeeze=False, sharey="row")
     if ap_points is not None:
         left, right = ap_figure.subplots(1, 2)
-        _plot_final_ap(left, *ap_points[:4])
-        _plot_paired_differences(right, arms, *ap_points)
+        _plot_final_ap(left, ap_points)
+        _plot_paired_differences(right, arms, ap_points)
     for r, (kind, row_title, per_arm) in enumerate(rows):
         y_range = _draw_row(axes[r], arms, kind, per_arm, window)
         last_of_kind = r == len(rows) - 1 or rows[r + 1][0] != kind
@@ -198,15 +198,30 @@ def _draw_row(
     return low, high
 
 
-FinalAp = tuple[list[float], list[str], list[list[float]], str, list[list[Any]]]
+class FinalAp(NamedTuple):
+    """What the "AP vs σ" panels plot: per arm its x position, tick label, seed values and their seeds."""
+
+    xs: list[float]
+    ticks: list[str]
+    values: list[list[float]]
+    x_title: str
+    seeds: list[list[Any]]
+    #: "final segm AP" when every run has finished, else "segm AP at epoch N" (the last every run finished).
+    quantity: str = "final segm AP"
+
+    @property
+    def note(self) -> str:
+        """A second title line when the values are not final, else ``""``."""
+        final = self.quantity.startswith("final")
+        return "" if final else "\n(the last epoch every run finished: some runs are in progress)"
 
 
 def _final_ap_points(arms: Sequence[Arm]) -> FinalAp | None:
-    """Final segm AP per arm for the "AP vs σ" panels: x positions, tick labels, seed values, x title,
-    and the seeds of those values.
+    """Final segm AP per arm for the "AP vs σ" panels.
 
     x is σ when the arms differ only in ``f_noise_std`` (the baseline at σ = 0), else the arm's index.
-    None when no arm has a final segm AP.
+    While some run is in progress the values are those of the last epoch every run finished, and
+    ``quantity`` says so. None when no arm has a segm AP at that epoch.
     """
     epoch = final_epoch(arms)
     if epoch is None:
@@ -215,6 +230,8 @@ def _final_ap_points(arms: Sequence[Arm]) -> FinalAp | None:
     values, seeds = [v for v, _ in finals], [s for _, s in finals]
     if not any(values):
         return None
+    finished = all(run_complete(run) for arm in arms for run in arm.runs)
+    quantity = "final segm AP" if finished else f"segm AP at epoch {epoch}"
     noise_arms = [arm for arm in arms if not arm.is_baseline]
     stds = [sigma_of(arm.key.get("f_noise_std")) for arm in noise_arms]
     by_sigma = len(set(stds)) == len(noise_arms) and all(
@@ -224,8 +241,9 @@ def _final_ap_points(arms: Sequence[Arm]) -> FinalAp | None:
     )
     if by_sigma:
         xs = [0.0 if arm.is_baseline else sigma_of(arm.key.get("f_noise_std")) for arm in arms]
-        return xs, [f"{x:g}" for x in xs], values, "F-Noise σ (0: baseline)", seeds
-    return [float(i) for i in range(len(arms))], [arm.label for arm in arms], values, "arm", seeds
+        return FinalAp(xs, [f"{x:g}" for x in xs], values, "F-Noise σ (0: baseline)", seeds, quantity)
+    indices = [float(i) for i in range(len(arms))]
+    return FinalAp(indices, [arm.label for arm in arms], values, "arm", seeds, quantity)
 
 
 def _mean_and_half_ci(values: Sequence[float]) -> tuple[float, float]:
@@ -258,12 +276,11 @@ def _plot_per_arm(
     ax.grid(True, alpha=0.3)
 
 
-def _plot_final_ap(
-    ax: Any, xs: list[float], ticks: list[str], values: list[list[float]], x_title: str
-) -> None:
+def _plot_final_ap(ax: Any, points: FinalAp) -> None:
     """Mean ± 95% CI of each arm's final segm AP over seeds, with every seed's value as a faint dot."""
-    title = "final segm AP per arm: mean ± 95% CI over seeds, seeds as dots"
-    _plot_per_arm(ax, xs, ticks, values, x_title, "final segm AP (val)", title)
+    title = f"{points.quantity} per arm: mean ± 95% CI over seeds, seeds as dots{points.note}"
+    y_title = f"{points.quantity} (val)"
+    _plot_per_arm(ax, points.xs, points.ticks, points.values, points.x_title, y_title, title)
 
 
 def paired_ap_differences(
@@ -281,18 +298,11 @@ def paired_ap_differences(
     ]
 
 
-def _plot_paired_differences(
-    ax: Any,
-    arms: Sequence[Arm],
-    xs: list[float],
-    ticks: list[str],
-    values: list[list[float]],
-    x_title: str,
-    seeds: list[list[Any]],
-) -> None:
+def _plot_paired_differences(ax: Any, arms: Sequence[Arm], points: FinalAp) -> None:
     """Each F-Noise arm's final segm AP minus the baseline's, paired by seed, in AP points: mean ± 95% CI
     (unadjusted) with every seed's difference as a faint dot, and the line of no effect."""
-    differences = paired_ap_differences(arms, values, seeds)
-    title = "F-Noise − baseline, paired by seed: mean ± 95% CI (unadjusted), seeds as dots"
-    _plot_per_arm(ax, xs, ticks, differences, x_title, "Δ final segm AP (points)", title)
+    differences = paired_ap_differences(arms, points.values, points.seeds)
+    title = f"F-Noise − baseline, paired by seed: mean ± 95% CI (unadjusted), seeds as dots{points.note}"
+    y_title = f"Δ {points.quantity} (points)"
+    _plot_per_arm(ax, points.xs, points.ticks, differences, points.x_title, y_title, title)
     ax.axhline(0.0, color="black", linewidth=0.8)
