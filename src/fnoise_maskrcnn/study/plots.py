@@ -206,14 +206,20 @@ class FinalAp(NamedTuple):
     values: list[list[float]]
     x_title: str
     seeds: list[list[Any]]
-    #: "final segm AP" when every run has finished, else "segm AP at epoch N" (the last every run finished).
-    quantity: str = "final segm AP"
+    #: the epoch of the values: the last one every run finished
+    epoch: int
+    #: whether every run has logged its final epoch (then ``epoch`` is the final one)
+    finished: bool
+
+    @property
+    def quantity(self) -> str:
+        """``"final segm AP"``, or ``"segm AP at epoch N"`` while some run is in progress."""
+        return "final segm AP" if self.finished else f"segm AP at epoch {self.epoch}"
 
     @property
     def note(self) -> str:
         """A second title line when the values are not final, else ``""``."""
-        final = self.quantity.startswith("final")
-        return "" if final else "\n(the last epoch every run finished: some runs are in progress)"
+        return "" if self.finished else "\n(the last epoch every run finished: some runs are in progress)"
 
 
 def _final_ap_points(arms: Sequence[Arm]) -> FinalAp | None:
@@ -221,7 +227,7 @@ def _final_ap_points(arms: Sequence[Arm]) -> FinalAp | None:
 
     x is σ when the arms differ only in ``f_noise_std`` (the baseline at σ = 0), else the arm's index.
     While some run is in progress the values are those of the last epoch every run finished, and
-    ``quantity`` says so. None when no arm has a segm AP at that epoch.
+    ``finished`` is False. None when no arm has a segm AP at that epoch.
     """
     epoch = final_epoch(arms)
     if epoch is None:
@@ -231,7 +237,6 @@ def _final_ap_points(arms: Sequence[Arm]) -> FinalAp | None:
     if not any(values):
         return None
     finished = all(run_complete(run) for arm in arms for run in arm.runs)
-    quantity = "final segm AP" if finished else f"segm AP at epoch {epoch}"
     noise_arms = [arm for arm in arms if not arm.is_baseline]
     stds = [sigma_of(arm.key.get("f_noise_std")) for arm in noise_arms]
     by_sigma = len(set(stds)) == len(noise_arms) and all(
@@ -241,9 +246,9 @@ def _final_ap_points(arms: Sequence[Arm]) -> FinalAp | None:
     )
     if by_sigma:
         xs = [0.0 if arm.is_baseline else sigma_of(arm.key.get("f_noise_std")) for arm in arms]
-        return FinalAp(xs, [f"{x:g}" for x in xs], values, "F-Noise σ (0: baseline)", seeds, quantity)
+        return FinalAp(xs, [f"{x:g}" for x in xs], values, "F-Noise σ (0: baseline)", seeds, epoch, finished)
     indices = [float(i) for i in range(len(arms))]
-    return FinalAp(indices, [arm.label for arm in arms], values, "arm", seeds, quantity)
+    return FinalAp(indices, [arm.label for arm in arms], values, "arm", seeds, epoch, finished)
 
 
 def _mean_and_half_ci(values: Sequence[float]) -> tuple[float, float]:
