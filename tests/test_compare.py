@@ -406,12 +406,22 @@ def test_runs_without_validation_or_epochs(tmp_path):
     assert summary["arms"][0]["metrics"]["val_loss"] is None
     assert {d["metric"] for d in summary["differences"]} == {"train_loss"}
 
-    # a run still in its first epoch: curves but no final values
+    # a run still in its first epoch: curves, and the snapshot leaves it out instead of hiding the others
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     (tmp_path / "a" / "metrics.jsonl").write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])
     assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
-    assert "Not every run has finished an epoch yet" in out.with_suffix(".md").read_text()
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["epoch"] == load_run(tmp_path / "b").epochs[-1]["epoch"]
+    assert summary["arms"][0]["metrics"]["train_loss"] is None
+    assert summary["arms"][1]["metrics"]["train_loss"]["values"] == [pytest.approx(1.1)]
+    assert "Runs with no finished epoch yet are left out." in out.with_suffix(".md").read_text()
     assert len(load_run(tmp_path / "a").iterations) == 5  # the half-written line is ignored
+
+    # no run has finished an epoch: curves, no values
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "b" / "metrics.jsonl").write_text("\n".join(lines[:5]) + "\n")
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert "No run has finished an epoch yet: no values." in out.with_suffix(".md").read_text()
 
 
 def test_a_run_is_complete_when_its_last_epoch_is_logged_even_if_an_earlier_record_was_lost(

@@ -499,12 +499,15 @@ def _snapshot_markdown(summary: dict[str, Any]) -> list[str]:
     """The values of every run at the last epoch they all finished, and their differences."""
     lines = ["## Values at the last common epoch", ""]
     if summary["epoch"] is None:
-        return lines + ["Not every run has finished an epoch yet: no final values.", ""]
+        return lines + ["No run has finished an epoch yet: no values.", ""]
+    in_progress = summary.get("in_progress") or []
     snapshot = (
         " Runs in progress are included: a snapshot at a common epoch, not final values."
-        if summary.get("in_progress")
+        if in_progress
         else ""
     )
+    if any(run["epochs_done"] == 0 for run in in_progress):
+        snapshot += " Runs with no finished epoch yet are left out."
     lines += [
         f"Values after epoch {summary['epoch']} (the last epoch every run finished), as mean ± sample std "
         "over seeds (one seed: the value alone)." + snapshot,

@@ -138,11 +138,10 @@ def compute_seconds(runs: Sequence[Run]) -> tuple[float, float]:
 
 
 def final_epoch(arms: Sequence[Arm]) -> int | None:
-    """The last epoch that every run of every arm has finished (``None`` if some run has no epoch yet)."""
-    lasts = [run.epochs[-1]["epoch"] if run.epochs else None for arm in arms for run in arm.runs]
-    if not lasts or any(last is None for last in lasts):
-        return None
-    return min(lasts)
+    """The last epoch that every run of every arm has finished, over the runs that have finished one
+    (a run that has just started would otherwise hide every other run's values); ``None`` if none has."""
+    lasts = [run.epochs[-1]["epoch"] for arm in arms for run in arm.runs if run.epochs]
+    return min(lasts) if lasts else None
 
 
 def final_values(arm: Arm, path: str, epoch: int) -> tuple[list[float], list[Any]]:
