@@ -265,6 +265,17 @@ def test_out_of_memory_is_one_line_that_suggests_max_pixels(
     assert not out.exists()
 
 
+def _assert_same_results(mine: list[dict], theirs: list[dict]) -> None:
+    """The same COCO results entries (any order): categories and RLEs exactly, scores and boxes to print
+    precision."""
+    assert len(mine) == len(theirs) > 0
+    key = lambda r: (r["image_id"], -r["score"], r["bbox"])  # noqa: E731
+    for a, b in zip(sorted(mine, key=key), sorted(theirs, key=key)):
+        assert a["category_id"] == b["category_id"] and a["segmentation"] == b["segmentation"]
+        assert a["score"] == pytest.approx(b["score"], abs=1e-6)
+        assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-3)
+
+
 @pytest.mark.parametrize("amp", [False, True])
 def test_evaluate_predicts_what_training_evaluated_in_the_same_precision(
     inference_checkpoint, synthetic_coco, tmp_path, monkeypatch, amp
@@ -295,13 +306,51 @@ def test_evaluate_predicts_what_training_evaluated_in_the_same_precision(
     assert main([*argv, "--batch-size", "2", "--results", str(detections), *(["--amp"] if amp else [])]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     written = json.loads(detections.read_text())
-    assert metrics["precision"] == precision and len(written) == len(scored[0]) > 0
-    key = lambda r: (r["image_id"], -r["score"], r["bbox"])  # noqa: E731
-    for mine, theirs in zip(sorted(written, key=key), sorted(scored[0], key=key)):
-        assert mine["category_id"] == theirs["category_id"] and mine["segmentation"] == theirs["segmentation"]
-        assert mine["score"] == pytest.approx(theirs["score"], abs=1e-6)
-        assert mine["bbox"] == pytest.approx(theirs["bbox"], abs=1e-3)
+    assert metrics["precision"] == precision
+    _assert_same_results(written, scored[0])
     for iou_type in ("bbox", "segm"):
         assert metrics[iou_type] == pytest.approx(
             {k: logged[iou_type][k] for k in metrics[iou_type]}, abs=1e-12
         )
+
+
+def test_training_evaluation_scores_torchvisions_detections_pasting_one_mask_at_a_time(
+    inference_checkpoint, synthetic_coco, monkeypatch
+):
+    """Training's evaluate_ap scores exactly the detections of torchvision's ``model(images)``, but pastes
+    each mask alone (as ``bool``): never all of an image's masks as one float ``[N, 1, H, W]`` tensor, which
+    on large images with many detections took gigabytes."""
+    from torchvision.models.detection import transform as detection_transform
+
+    from fnoise_maskrcnn.data import CocoInstances, build_dataloader, build_transforms
+    from fnoise_maskrcnn.engine import evaluation as training_evaluation
+    from fnoise_maskrcnn.evaluation.coco import predictions_to_coco_results
+    from fnoise_maskrcnn.io.model_io import model_from_checkpoint
+
+    model, checkpoint = model_from_checkpoint(inference_checkpoint)
+    categories = checkpoint["categories"]
+    val_set = CocoInstances(synthetic_coco.val_images, synthetic_coco.val_ann, build_transforms(False))
+    loader = build_dataloader(val_set, batch_size=2, train=False)
+    scored, pasted = [], []
+    real_evaluate, real_paste = training_evaluation.evaluate_coco, detection_transform.paste_masks_in_image
+    monkeypatch.setattr(
+        training_evaluation,
+        "evaluate_coco",
+        lambda gt, res, **kw: scored.append(res) or real_evaluate(gt, res, **kw),
+    )
+    monkeypatch.setattr(
+        detection_transform,
+        "paste_masks_in_image",
+        lambda masks, *args, **kw: pasted.append(masks.shape[0]) or real_paste(masks, *args, **kw),
+    )
+    training_evaluation.evaluate_ap(model, loader, torch.device("cpu"), categories, val_set.coco)
+    assert set(pasted) == {1}
+
+    pasted.clear()
+    expected = []
+    with torch.no_grad():
+        for images, targets in loader:
+            for output, target in zip(model.eval()(list(images)), targets):
+                expected += predictions_to_coco_results([output], [int(target["image_id"])], categories)
+    assert max(pasted) > 1  # torchvision pastes an image's masks together, so the check above can fail
+    _assert_same_results(scored[0], expected)

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from .. import distributed as dist_utils
 from ..evaluation.coco import evaluate_coco, predictions_to_coco_results
 from ..fnoise import FNoise
-from .state import LOSS_NAMES, autocast, to_device, unwrap
+from ..inference import predict_batch
+from .state import LOSS_NAMES, amp_dtype, autocast, to_device, unwrap
 
 __all__ = ["evaluate_losses", "evaluate_ap"]
 
@@ -90,25 +91,20 @@ def evaluate_ap(
     """COCO bbox and segm AP of the model on ``data_loader``'s images, gathered across processes.
 
     Returns :func:`fnoise_maskrcnn.evaluation.coco.evaluate_coco`'s dict, plus ``num_images`` (images
-    predicted), on rank 0 and None elsewhere. Images a ``DistributedSampler`` repeated to even out the
-    shards are counted once. ``check_stop`` runs before every batch.
+    predicted), on rank 0 and None elsewhere. The detections are the model's, computed by
+    :func:`fnoise_maskrcnn.inference.predict_batch` (masks pasted one at a time as ``bool``, so a large
+    image with many detections costs ``N * H * W`` bytes, not torchvision's ``8 * N * H * W``). Images a
+    ``DistributedSampler`` repeated to even out the shards are counted once. ``check_stop`` runs before
+    every batch.
     """
     model = unwrap(model)
-    was_training = model.training
-    model.eval()
     per_image: dict[int, list[dict[str, Any]]] = {}
-    try:
-        for images, targets in data_loader:
-            check_stop()
-            images = [image.to(device, non_blocking=True) for image in images]
-            with autocast(device, amp, model):
-                outputs = model(images)
-            outputs = [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
-            for output, target in zip(outputs, targets):
-                image_id = int(target["image_id"])
-                per_image[image_id] = predictions_to_coco_results([output], [image_id], categories)
-    finally:
-        model.train(was_training)
+    for images, targets in data_loader:
+        check_stop()
+        outputs = predict_batch(model, list(images), device=device, autocast_dtype=amp_dtype(device, amp))
+        for output, target in zip(outputs, targets):
+            image_id = int(target["image_id"])
+            per_image[image_id] = predictions_to_coco_results([output], [image_id], categories)
     gathered = dist_utils.all_gather_objects(per_image)
     if not dist_utils.is_main_process():
         return None
