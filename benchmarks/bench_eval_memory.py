@@ -38,7 +38,7 @@ from _results import write_result
 
 
 def _evaluate(mode: str, data_path: str, recipe: str, batch_size: int) -> dict:
-    """One evaluation in this process: APs, seconds, detections, and this process's peak RSS."""
+    """One evaluation in this process: bbox and segm AP, seconds, and this process's peak RSS."""
     from fnoise_maskrcnn.arguments import parse
     from fnoise_maskrcnn.data import CocoInstances, build_dataloader, build_transforms
     from fnoise_maskrcnn.engine import evaluate_ap

@@ -265,6 +265,29 @@ def test_out_of_memory_is_one_line_that_suggests_max_pixels(
     assert not out.exists()
 
 
+@pytest.fixture
+def scored_by_training(monkeypatch) -> list:
+    """The COCO results lists that training's ``evaluate_ap`` hands to COCOeval, in call order."""
+    from fnoise_maskrcnn.engine import evaluation as training_evaluation
+
+    scored = []
+    real = training_evaluation.evaluate_coco
+    monkeypatch.setattr(
+        training_evaluation,
+        "evaluate_coco",
+        lambda gt, results, **kw: scored.append(results) or real(gt, results, **kw),
+    )
+    return scored
+
+
+def _val_loader(synthetic_coco, batch_size: int = 2):
+    """The synthetic validation set with the validation transforms, and its loader."""
+    from fnoise_maskrcnn.data import CocoInstances, build_dataloader, build_transforms
+
+    val_set = CocoInstances(synthetic_coco.val_images, synthetic_coco.val_ann, build_transforms(False))
+    return val_set, build_dataloader(val_set, batch_size=batch_size, train=False)
+
+
 def _assert_same_results(mine: list[dict], theirs: list[dict]) -> None:
     """The same COCO results entries (any order): categories and RLEs exactly, scores and boxes to print
     precision."""
@@ -278,25 +301,16 @@ def _assert_same_results(mine: list[dict], theirs: list[dict]) -> None:
 
 @pytest.mark.parametrize("amp", [False, True])
 def test_evaluate_predicts_what_training_evaluated_in_the_same_precision(
-    inference_checkpoint, synthetic_coco, tmp_path, monkeypatch, amp
+    inference_checkpoint, synthetic_coco, tmp_path, scored_by_training, amp
 ):
     """evaluate (``--amp`` or not) writes exactly the detections that training's own evaluation scores for
     the same weights, batches and precision, so it reproduces a run's logged validation AP."""
-    from fnoise_maskrcnn.data import CocoInstances, build_dataloader, build_transforms
     from fnoise_maskrcnn.engine import amp_precision
     from fnoise_maskrcnn.engine import evaluation as training_evaluation
     from fnoise_maskrcnn.io.model_io import model_from_checkpoint
 
-    scored = []
-    real = training_evaluation.evaluate_coco
-    monkeypatch.setattr(
-        training_evaluation,
-        "evaluate_coco",
-        lambda gt, results, **kw: scored.append(results) or real(gt, results, **kw),
-    )
     model, checkpoint = model_from_checkpoint(inference_checkpoint)
-    val_set = CocoInstances(synthetic_coco.val_images, synthetic_coco.val_ann, build_transforms(False))
-    loader = build_dataloader(val_set, batch_size=2, train=False)
+    val_set, loader = _val_loader(synthetic_coco)
     precision = amp_precision(torch.device("cpu"), amp)
     logged = training_evaluation.evaluate_ap(
         model, loader, torch.device("cpu"), checkpoint["categories"], val_set.coco, precision != "float32"
@@ -307,7 +321,7 @@ def test_evaluate_predicts_what_training_evaluated_in_the_same_precision(
     metrics = json.loads((tmp_path / "m.json").read_text())
     written = json.loads(detections.read_text())
     assert metrics["precision"] == precision
-    _assert_same_results(written, scored[0])
+    _assert_same_results(written, scored_by_training[0])
     for iou_type in ("bbox", "segm"):
         assert metrics[iou_type] == pytest.approx(
             {k: logged[iou_type][k] for k in metrics[iou_type]}, abs=1e-12
@@ -315,29 +329,22 @@ def test_evaluate_predicts_what_training_evaluated_in_the_same_precision(
 
 
 def test_training_evaluation_scores_torchvisions_detections_pasting_one_mask_at_a_time(
-    inference_checkpoint, synthetic_coco, monkeypatch
+    inference_checkpoint, synthetic_coco, scored_by_training, monkeypatch
 ):
     """Training's evaluate_ap scores exactly the detections of torchvision's ``model(images)``, but pastes
     each mask alone (as ``bool``): never all of an image's masks as one float ``[N, 1, H, W]`` tensor, which
     on large images with many detections took gigabytes."""
     from torchvision.models.detection import transform as detection_transform
 
-    from fnoise_maskrcnn.data import CocoInstances, build_dataloader, build_transforms
     from fnoise_maskrcnn.engine import evaluation as training_evaluation
     from fnoise_maskrcnn.evaluation.coco import predictions_to_coco_results
     from fnoise_maskrcnn.io.model_io import model_from_checkpoint
 
     model, checkpoint = model_from_checkpoint(inference_checkpoint)
     categories = checkpoint["categories"]
-    val_set = CocoInstances(synthetic_coco.val_images, synthetic_coco.val_ann, build_transforms(False))
-    loader = build_dataloader(val_set, batch_size=2, train=False)
-    scored, pasted = [], []
-    real_evaluate, real_paste = training_evaluation.evaluate_coco, detection_transform.paste_masks_in_image
-    monkeypatch.setattr(
-        training_evaluation,
-        "evaluate_coco",
-        lambda gt, res, **kw: scored.append(res) or real_evaluate(gt, res, **kw),
-    )
+    val_set, loader = _val_loader(synthetic_coco)
+    pasted = []
+    real_paste = detection_transform.paste_masks_in_image
     monkeypatch.setattr(
         detection_transform,
         "paste_masks_in_image",
@@ -353,4 +360,4 @@ def test_training_evaluation_scores_torchvisions_detections_pasting_one_mask_at_
             for output, target in zip(model.eval()(list(images)), targets):
                 expected += predictions_to_coco_results([output], [int(target["image_id"])], categories)
     assert max(pasted) > 1  # torchvision pastes an image's masks together, so the check above can fail
-    _assert_same_results(scored[0], expected)
+    _assert_same_results(scored_by_training[0], expected)
