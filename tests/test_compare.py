@@ -278,6 +278,9 @@ def test_summary_reports_mean_std_n_and_paired_differences(study):
     assert diffs["train_loss"]["verdict"] == "within seed noise"
     assert diffs["val_loss"]["mean"] == pytest.approx(-0.5)
     assert diffs["val_loss"]["verdict"] == "beyond seed noise"
+    # runs without --train-loss-images have no clean training loss: no value and no difference
+    assert baseline["metrics"]["train_clean_loss"] is None and "train_clean_loss" not in diffs
+    assert "clean training loss (F-Noise off) |" not in summary_markdown(summary)  # no empty column
 
 
 def test_summary_reports_peak_final_and_overfitting_measures_of_complete_runs(study):
@@ -340,6 +343,14 @@ def test_the_gap_uses_the_clean_training_loss_when_every_run_logged_one(tmp_path
     text = summary_markdown(summary)
     assert "The gap compares like with like" in text and "biased for F-Noise arms" not in text
 
+    # The snapshot splits the gap into its sides: the clean training loss beside the validation loss.
+    base_clean, noise_clean = (arm["metrics"]["train_clean_loss"] for arm in summary["arms"])
+    assert base_clean["values"] == pytest.approx(clean[False]) and noise_clean["n"] == 3
+    clean_diff = next(d for d in summary["differences"] if d["metric"] == "train_clean_loss")
+    assert clean_diff["paired"] and clean_diff["mean"] == pytest.approx(-0.8 / 3)  # -0.3, -0.3, -0.2
+    assert "| clean training loss (F-Noise off) |" in text
+    assert "| 1.0000 ± 0.1000 |" in text  # the baseline's clean loss: 0.9, 1.0, 1.1
+
     # One run without the clean loss: every arm falls back to the epoch mean, and says so.
     metrics = tmp_path / "fnoise" / "seed2" / "metrics.jsonl"
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -348,7 +359,10 @@ def test_the_gap_uses_the_clean_training_loss_when_every_run_logged_one(tmp_path
     assert summary["outcomes"]["gap_training"] == "train"
     baseline = summary["outcomes"]["arms"][0]["metrics"]
     assert baseline["gap_final"]["values"] == pytest.approx([v - t for v, t in zip(BASE_VAL, BASE_TRAIN)])
-    assert "The gap is biased for F-Noise arms" in summary_markdown(summary)
+    text = summary_markdown(summary)
+    assert "The gap is biased for F-Noise arms" in text
+    assert summary["arms"][1]["metrics"]["train_clean_loss"]["seeds"] == [0, 1]
+    assert "0.6500 ± 0.0707 (2 seeds)" in text  # the F-Noise arm's clean loss of seeds 0, 1: 0.6, 0.7
 
 
 def test_a_seed_one_arm_lacks_is_left_out_of_the_paired_difference(study):

@@ -27,9 +27,12 @@ from .stats import Difference, Stat, common_seed_difference, describe, holm
 
 __all__ = ["SUMMARY_METRICS", "OUTCOME_METRICS", "summarize", "summary_markdown"]
 
-#: ``(name in the summary, dotted key of the epoch records, column title)``.
+#: ``(name in the summary, dotted key of the epoch records, column title)``. The clean training loss is
+#: there only for runs trained with ``--train-loss-images`` (and only at evaluated epochs): beside the
+#: validation loss it splits a change in the validation − training gap into its two sides.
 SUMMARY_METRICS = (
     ("train_loss", "train.loss", "training loss (epoch mean)"),
+    ("train_clean_loss", "train_clean.loss", "clean training loss (F-Noise off)"),
     ("val_loss", "val.loss", "validation loss"),
     ("bbox_AP", "bbox.AP", "bbox AP"),
     ("segm_AP", "segm.AP", "segm AP"),
@@ -302,6 +305,13 @@ def _pm(stat: dict[str, Any] | None, digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def _pm_of_seeds(stat: dict[str, Any] | None, seeds: int) -> str:
+    """:func:`_pm`, saying how many seeds it is over when fewer than the arm's ``seeds`` logged it."""
+    if stat is not None and stat["n"] < seeds:
+        return f"{_pm(stat)} ({stat['n']} seeds)"
+    return _pm(stat)
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The summary as Markdown: the runs in progress, the peak and final APs and the overfitting measures
     of complete runs with their differences from the baseline, the values at the last common epoch with
@@ -508,16 +518,18 @@ def _snapshot_markdown(summary: dict[str, Any]) -> list[str]:
     )
     if any(run["epochs_done"] == 0 for run in in_progress):
         snapshot += " Runs with no finished epoch yet are left out."
+    # a column no run logged at this epoch (the clean training loss, usually) is left out
+    shown = [m for m in SUMMARY_METRICS if any(arm["metrics"][m[0]] for arm in summary["arms"])]
     lines += [
         f"Values after epoch {summary['epoch']} (the last epoch every run finished), as mean ± sample std "
         "over seeds (one seed: the value alone)." + snapshot,
         "",
-        "| arm | seeds | " + " | ".join(title for _, _, title in SUMMARY_METRICS) + " |",
-        "|---|---|" + "---|" * len(SUMMARY_METRICS),
+        "| arm | seeds | " + " | ".join(title for _, _, title in shown) + " |",
+        "|---|---|" + "---|" * len(shown),
     ]
     for arm in summary["arms"]:
         seeds = ", ".join(str(s) for s in arm["seeds"])
-        cells = [_pm(arm["metrics"][name]) for name, _, _ in SUMMARY_METRICS]
+        cells = [_pm_of_seeds(arm["metrics"][name], len(arm["seeds"])) for name, _, _ in shown]
         lines.append(f"| {arm['label']} | {len(arm['seeds'])} ({seeds}) | " + " | ".join(cells) + " |")
     lines.append("")
     if summary["differences"]:
