@@ -106,3 +106,10 @@ def test_no_reference_arm_is_an_error(script, study, capsys):
     argv = ["--ann", str(study / "val.json"), "--results", str(study / "x-seed0.json")]
     assert script.main(argv) == 2
     assert "no results of the reference arm 'baseline'" in capsys.readouterr().err
+
+
+def test_one_seed_per_arm_prints_means_without_spread(script, study, capsys):
+    results = [str(study / "baseline-seed0.json"), str(study / "x-seed0.json")]
+    assert script.main(["--ann", str(study / "val.json"), "--results", *results, "--max-dets", "3"]) == 0
+    # x found two of three squares; one seed: no std, no interval
+    assert "| 3 | 1.000 | x | segm | 66.3 | 100.0 | -33.7 n/a | n/a |" in capsys.readouterr().out

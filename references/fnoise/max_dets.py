@@ -39,21 +39,27 @@ IOU_TYPES = ("segm", "bbox")
 NAME = re.compile(r"^(?P<arm>.+)-seed(?P<seed>\d+)$")
 
 
-def coco_ap(gt: COCO, results: Sequence[Mapping[str, Any]], iou_type: str, max_dets: int) -> float:
-    """COCO AP (IoU 0.5:0.95, all areas) of ``results`` counting each image's ``max_dets`` best detections,
-    in AP points."""
+def coco_aps(
+    gt: COCO, results: Sequence[Mapping[str, Any]], iou_type: str, max_dets: Sequence[int]
+) -> dict[int, float]:
+    """COCO AP (IoU 0.5:0.95, all areas) of ``results`` counting each image's ``m`` best detections, for
+    each ``m`` of ``max_dets``, in AP points: one evaluation (IoUs matched once), accumulated per limit."""
+    limits = sorted(set(max_dets))  # evaluate() sorts them anyway; precision's last axis follows this order
     entries = [r for r in results if iou_type == "bbox" or "segmentation" in r]
     if not entries:
-        return 0.0
+        return dict.fromkeys(limits, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(list(entries))), iou_type)  # loadRes adds fields
-        evaluator.params.maxDets = [max_dets]  # one value: evaluate() sorts the list, accumulate() keeps it
+        evaluator.params.maxDets = limits
         evaluator.evaluate()
         evaluator.accumulate()
     # summarize() would look for exactly 100; this is its AP average over IoUs and recalls, area "all"
-    precision = np.asarray(evaluator.eval["precision"])[:, :, :, 0, -1]
-    valid = precision[precision > -1]
-    return 100.0 * float(valid.mean()) if valid.size else 0.0
+    precision = np.asarray(evaluator.eval["precision"])[:, :, :, 0, :]
+    aps = {}
+    for k, m in enumerate(limits):
+        valid = precision[..., k][precision[..., k] > -1]
+        aps[m] = 100.0 * float(valid.mean()) if valid.size else 0.0
+    return aps
 
 
 def recall_ceiling(gt: COCO, max_dets: int) -> float:
@@ -80,6 +86,11 @@ def analyse(
     arms = sorted({arm for arm, _ in files}, key=lambda a: (a != reference, a))
     if reference not in arms:
         raise ValueError(f"no results of the reference arm {reference!r}")
+    aps = {
+        (run, iou): coco_aps(gt, results, iou, max_dets)
+        for run, results in files.items()
+        for iou in IOU_TYPES
+    }
     report: dict[str, Any] = {"reference": reference, "by_max_dets": {}}
     for m in max_dets:
         entry: dict[str, Any] = {"recall_ceiling": recall_ceiling(gt, m), "arms": {}, "differences": []}
@@ -87,7 +98,7 @@ def analyse(
             stats = {}
             for arm in arms:
                 seeds = sorted(s for a, s in files if a == arm)
-                stats[arm] = describe([coco_ap(gt, files[arm, s], iou, m) for s in seeds], seeds)
+                stats[arm] = describe([aps[(arm, s), iou][m] for s in seeds], seeds)
                 entry["arms"].setdefault(arm, {})[iou] = dataclasses.asdict(stats[arm])
             diffs = [(arm, common_seed_difference(stats[arm], stats[reference])) for arm in arms[1:]]
             adjusted = holm([d.p if d.p is not None else 1.0 for _, d in diffs])
@@ -115,11 +126,15 @@ def markdown(report: Mapping[str, Any]) -> str:
             ci = "n/a" if d["ci95"] is None else f"[{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]"
             p = "n/a" if d["p"] is None else f"{d['p']:.3f}"
             lines.append(
-                f"| {m} | {entry['recall_ceiling']:.3f} | {d['arm']} | {d['metric']} | {arm['mean']:.1f} ± "
-                f"{arm['std']:.1f} | {ref['mean']:.1f} ± {ref['std']:.1f} | {d['mean']:+.1f} {ci} | {p} | "
-                f"{d['p_holm']:.3f} |"
+                f"| {m} | {entry['recall_ceiling']:.3f} | {d['arm']} | {d['metric']} | {_pm(arm)} | "
+                f"{_pm(ref)} | {d['mean']:+.1f} {ci} | {p} | {d['p_holm']:.3f} |"
             )
     return "\n".join(lines + [""] + _per_run_markdown(report))
+
+
+def _pm(stat: Mapping[str, Any]) -> str:
+    """Mean ± std in AP points; the mean alone for one seed."""
+    return f"{stat['mean']:.1f}" if stat["std"] is None else f"{stat['mean']:.1f} ± {stat['std']:.1f}"
 
 
 def _per_run_markdown(report: Mapping[str, Any]) -> list[str]:
