@@ -13,23 +13,15 @@ from typing import Any
 import torch
 import torchvision
 
+from fnoise_maskrcnn.device import processor_name
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:
     """The machine a result was measured on: CPU, cores, GPU if any, library versions, date."""
     return {
-        "cpu": _cpu_model(),
+        "cpu": processor_name("cpu"),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

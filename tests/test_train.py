@@ -11,6 +11,7 @@ import torch
 from _training import TINY_MODEL, Inject, data_flags, read_metrics, tensorboard_scalars, two_image_run
 from fnoise_maskrcnn import train
 from fnoise_maskrcnn.arguments import parse
+from fnoise_maskrcnn.device import processor_name
 from fnoise_maskrcnn.distributed import init_distributed
 from fnoise_maskrcnn.engine import LOSS_NAMES
 from fnoise_maskrcnn.engine.run import Run
@@ -33,6 +34,8 @@ def test_training_lowers_the_loss(synthetic_coco, tmp_path):
         assert math.isclose(record["loss"], sum(record[k] for k in LOSS_NAMES), rel_tol=1e-4)
     assert epochs[-1]["val"] is None and epochs[-1]["segm"] is None and epochs[-1]["f_noise_nsr"] is None
     assert not (out / "best.pth").exists()  # no validation set, no best
+    (run_record,) = [r for r in records if r["type"] == "run"]
+    assert run_record["device"] == "cpu" and run_record["processor"] == processor_name("cpu") != ""
     checkpoint = torch.load(out / "last.pth", weights_only=True)
     assert checkpoint["epoch"] == 8 and checkpoint["iteration"] == 8
     assert checkpoint["model_config"]["model_kwargs"]["box_batch_size_per_image"] == 64
@@ -236,3 +239,12 @@ def test_resume_refuses_a_changed_model(synthetic_coco, tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["--resume", "--output-dir", str(out), "--model", "resnet50"])
     assert "--model resnet50 differs from the run's mobilenet_v3" in capsys.readouterr().err
+
+
+def test_processor_name_reads_the_cpu_model_and_falls_back_without_cpuinfo(tmp_path):
+    """Runs record the processor so that two runs of one seed that differ in floating-point kernels (another
+    CPU model) can be told apart: the ``model name`` line of cpuinfo, else what ``platform`` knows."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: Fake\nmodel name\t: Fake CPU 9000 @ 3.00GHz\n")
+    assert processor_name("cpu", cpuinfo) == "Fake CPU 9000 @ 3.00GHz"
+    assert processor_name(torch.device("cpu"), tmp_path / "missing") != ""

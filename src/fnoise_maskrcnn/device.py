@@ -6,9 +6,12 @@ predict, evaluate, serve, visualize and :func:`fnoise_maskrcnn.io.model_io.model
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 
-__all__ = ["resolve_device", "is_out_of_memory"]
+__all__ = ["resolve_device", "is_out_of_memory", "processor_name"]
 
 _DEVICE_EXAMPLES = "'auto', 'cpu', 'cuda', 'cuda:1'"
 
@@ -52,3 +55,22 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and (
         "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
     )
+
+
+def processor_name(device: torch.device | str = "cpu", cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The model of the processor that ``device`` computes on: the GPU's name for a CUDA device, else the
+    CPU's ``model name`` from ``cpuinfo`` (``platform.processor()`` where that file is missing).
+
+    Runs record it because the same command and seed on two CPU models (AMX and AVX-512 kernels, say)
+    agree to the init and data order but not bit for bit: their floating-point sums differ.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -4,6 +4,7 @@ import datetime
 from pathlib import Path
 from typing import Any
 
+from ..device import processor_name
 from ..study.runs import epoch_records
 from .run import Run
 from .state import LOSS_NAMES, format_losses
@@ -47,6 +48,7 @@ def run_facts(run: Run) -> dict[str, Any]:
         "val_ann": str(run.data.val_ann) if run.data.val_ann else None,
         "synthetic_data": run.data.synthetic,
         "device": str(run.device),
+        "processor": processor_name(run.device),
         "precision": run.precision,
         "world_size": run.ctx.world_size,
         "iters_per_epoch": run.iters_per_epoch,
