@@ -236,6 +236,28 @@ def test_a_seed_is_a_block_of_one_precision_and_seeds_of_two_precisions_pool(tmp
         group_runs(_runs_of(tmp_path, ["n3", "b3"]))
 
 
+def test_the_report_counts_the_runs_of_each_processor_model(tmp_path):
+    """Runs record the processor they trained on; a study over several models says how many runs each
+    trained (a run resumed on another model under both), and one over a single model says nothing."""
+    paths = [
+        write_run(tmp_path / name, seed, f_noise, 1.0, 1.0, 0.3)
+        for name, seed, f_noise in (("b0", 0, False), ("n0", 0, True), ("b1", 1, False), ("n1", 1, True))
+    ]
+    for path, processors in zip(paths, (["CPU A"], ["CPU A"], ["CPU A", "CPU B"], [])):
+        with open(path / "metrics.jsonl", "a") as f:
+            for name in processors:
+                f.write(json.dumps({"type": "run", "precision": "float32", "processor": name}) + "\n")
+    runs = _runs_of(tmp_path, ["b0", "n0", "b1", "n1"])
+    assert [run.processors for run in runs] == [("CPU A",), ("CPU A",), ("CPU A", "CPU B"), ()]
+    summary = summarize(group_runs(runs))
+    assert summary["processors"] == {"CPU A": 2, "CPU A then CPU B": 1, "not recorded": 1}
+    assert "Processors: CPU A: 2 runs; CPU A then CPU B: 1 run; not recorded: 1 run." in summary_markdown(
+        summary
+    )
+    one_model = summarize(group_runs(runs[:2]))
+    assert one_model["processors"] == {"CPU A": 2} and "Processors:" not in summary_markdown(one_model)
+
+
 def test_a_run_resumed_in_another_precision_is_refused(tmp_path):
     path = _with_precision(write_run(tmp_path / "run", 0, False, 1.0, 1.0, 0.3), "float32", "bfloat16")
     with pytest.raises(

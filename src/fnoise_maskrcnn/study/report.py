@@ -91,6 +91,7 @@ def summarize(arms: Sequence[Arm]) -> dict[str, Any]:
         "compute": _compute(arms),
         "correction": correction,
         "precision_by_seed": _precision_by_seed(arms),
+        "processors": _processor_counts(arms),
         "arms": [
             {
                 "label": arm.label,
@@ -103,6 +104,12 @@ def summarize(arms: Sequence[Arm]) -> dict[str, Any]:
         ],
         "differences": differences,
     }
+
+
+def _processor_counts(arms: Sequence[Arm]) -> dict[str, int]:
+    """``{processor: number of runs}``; a run resumed on another model counts under ``"A then B"``."""
+    names = [" then ".join(run.processors) or "not recorded" for arm in arms for run in arm.runs]
+    return {name: names.count(name) for name in dict.fromkeys(names)}
 
 
 def _precision_by_seed(arms: Sequence[Arm]) -> dict[str, str]:
@@ -319,6 +326,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines = ["# F-Noise comparison", ""]
     lines += _in_progress_markdown(summary.get("in_progress") or [])
     lines += _precision_markdown(summary.get("precision_by_seed") or {})
+    lines += _processor_markdown(summary.get("processors") or {})
     if "outcomes" in summary:
         lines += _outcomes_markdown(summary["outcomes"])
     lines += _snapshot_markdown(summary)
@@ -348,6 +356,19 @@ def _precision_markdown(by_seed: dict[str, str]) -> list[str]:
     return [
         f"Precision: {parts}. Every arm of a seed trained in its precision, so each paired difference "
         "compares like with like; an effect of precision shows as spread between seeds.",
+        "",
+    ]
+
+
+def _processor_markdown(counts: dict[str, int]) -> list[str]:
+    """One line counting the runs of each processor model, when the study's runs name more than one."""
+    if len(counts) < 2:
+        return []
+    parts = "; ".join(f"{name}: {n} run{'s' if n > 1 else ''}" for name, n in counts.items())
+    return [
+        f"Processors: {parts}. One seed on two processor models starts from the same weights and data "
+        "order but does not repeat bit for bit, so a pair split between models also differs in the order "
+        "of its floating-point sums, which adds to the spread of the paired differences and their intervals.",
         "",
     ]
 

@@ -89,6 +89,8 @@ class Run:
         precision: what ``--amp`` resolved to: ``"float16"``, ``"bfloat16"`` or ``"float32"`` (the
             ``"run"`` record says it; for runs that predate that record, what ``--amp`` always meant
             then: float16 on CUDA, else bfloat16). Every arm of a seed trains in one precision.
+        processors: the processor models its sessions trained on (the ``"run"`` records' ``processor``),
+            in order of first use; empty for runs that predate that field.
     """
 
     path: Path
@@ -97,6 +99,7 @@ class Run:
     epochs: list[dict[str, Any]]
     planned: int | None = None
     precision: str | None = None
+    processors: tuple[str, ...] = ()
 
     @property
     def seed(self) -> Any:
@@ -212,7 +215,7 @@ def load_run(path: Path) -> Run:
         config = TrainConfig.read(config).flags()
     except (TypeError, ValueError) as exc:
         raise RunError(f"{config_file}: not a training configuration ({exc})") from None
-    iterations, epochs, precisions = [], [], []
+    iterations, epochs, precisions, processors = [], [], [], []
     for number, record in _metrics_records(metrics_file):
         kind = record.get("type") if isinstance(record, dict) else None
         if kind == "iter":
@@ -228,6 +231,8 @@ def load_run(path: Path) -> Run:
             epochs.append(record)
         elif kind == "run":
             precisions.append(_precision(config, record))
+            if record.get("processor"):
+                processors.append(str(record["processor"]))
         else:
             raise RunError(f"{metrics_file}:{number}: expected a record with 'type' 'iter', 'epoch' or 'run'")
     iterations.sort(key=lambda r: r["iteration"])
@@ -237,9 +242,8 @@ def load_run(path: Path) -> Run:
             f"{metrics_file}: the run was resumed in another precision ({' then '.join(precisions)}), so its "
             "results mix both; train it again"
         )
-    return Run(
-        path, config, iterations, epochs, planned, precisions[-1] if precisions else _precision(config, {})
-    )
+    precision = precisions[-1] if precisions else _precision(config, {})
+    return Run(path, config, iterations, epochs, planned, precision, tuple(dict.fromkeys(processors)))
 
 
 def _precision(config: Mapping[str, Any], facts: Mapping[str, Any]) -> str:
