@@ -8,6 +8,7 @@ runs still in progress; and the training and evaluation hours.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -109,7 +110,7 @@ def summarize(arms: Sequence[Arm]) -> dict[str, Any]:
 def _processor_counts(arms: Sequence[Arm]) -> dict[str, int]:
     """``{processor: number of runs}``; a run resumed on another model counts under ``"A then B"``."""
     names = [" then ".join(run.processors) or "not recorded" for arm in arms for run in arm.runs]
-    return {name: names.count(name) for name in dict.fromkeys(names)}
+    return dict(Counter(names))  # in order of first appearance
 
 
 def _precision_by_seed(arms: Sequence[Arm]) -> dict[str, str]:
