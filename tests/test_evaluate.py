@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 
@@ -17,6 +18,7 @@ from fnoise_maskrcnn.evaluation.checkpoint_eval import evaluate_checkpoint
 from fnoise_maskrcnn.evaluation.coco import (
     BACKENDS,
     STAT_NAMES,
+    ap_at_max_dets,
     evaluate_coco,
     format_metrics_table,
     run_cocoeval,
@@ -153,6 +155,28 @@ def test_faster_backend_gives_the_numbers_of_pycocotools(synthetic_coco):
     _, precision_ref = run_cocoeval(data, results, "segm", cat_ids, img_ids, "pycocotools")
     _, precision_fast = run_cocoeval(data, results, "segm", cat_ids, img_ids, "faster-coco-eval")
     np.testing.assert_allclose(precision_fast, precision_ref, rtol=0, atol=1e-12)
+
+
+def test_ap_at_max_dets_counts_each_images_best_detections(synthetic_coco):
+    """At 100 detections per image the AP is evaluate_coco's; fewer allowed detections lower it, with
+    either backend alike."""
+    data = json.loads(synthetic_coco.train_ann.read_text())
+    results = _results_from_ground_truth(data, jitter=0.3)
+    per_image = np.bincount([a["image_id"] for a in data["annotations"]])
+    assert per_image.max() > 1  # a limit of one detection drops objects
+    reference = evaluate_coco(data, results)
+    for backend in BACKENDS:
+        if backend == "faster-coco-eval" and importlib.util.find_spec("faster_coco_eval") is None:
+            continue
+        for iou_type in ("bbox", "segm"):
+            aps = ap_at_max_dets(data, results, iou_type, [100, 1, 3], backend=backend)
+            assert list(aps) == [1, 3, 100]
+            assert aps[100] == pytest.approx(reference[iou_type]["AP"], abs=1e-12), (backend, iou_type)
+            assert aps[1] < aps[3] <= aps[100], (backend, iou_type)
+    boxes_only = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+    assert ap_at_max_dets(data, boxes_only, "segm", [1, 100]) == {1: 0.0, 100: 0.0}
+    with pytest.raises(ValueError, match="max_dets must be positive"):
+        ap_at_max_dets(data, results, "bbox", [0, 100])
 
 
 def test_evaluate_checkpoint_with_either_backend(inference_checkpoint, synthetic_coco):

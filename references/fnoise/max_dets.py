@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import io
 import json
@@ -31,8 +30,8 @@ from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
+from fnoise_maskrcnn.evaluation import ap_at_max_dets
 from fnoise_maskrcnn.study import common_seed_difference, describe, holm
 
 IOU_TYPES = ("segm", "bbox")
@@ -44,22 +43,7 @@ def coco_aps(
 ) -> dict[int, float]:
     """COCO AP (IoU 0.5:0.95, all areas) of ``results`` counting each image's ``m`` best detections, for
     each ``m`` of ``max_dets``, in AP points: one evaluation (IoUs matched once), accumulated per limit."""
-    limits = sorted(set(max_dets))  # evaluate() sorts them anyway; precision's last axis follows this order
-    entries = [r for r in results if iou_type == "bbox" or "segmentation" in r]
-    if not entries:
-        return dict.fromkeys(limits, 0.0)
-    with contextlib.redirect_stdout(io.StringIO()):
-        evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(list(entries))), iou_type)  # loadRes adds fields
-        evaluator.params.maxDets = limits
-        evaluator.evaluate()
-        evaluator.accumulate()
-    # summarize() would look for exactly 100; this is its AP average over IoUs and recalls, area "all"
-    precision = np.asarray(evaluator.eval["precision"])[:, :, :, 0, :]
-    aps = {}
-    for k, m in enumerate(limits):
-        valid = precision[..., k][precision[..., k] > -1]
-        aps[m] = 100.0 * float(valid.mean()) if valid.size else 0.0
-    return aps
+    return {m: 100.0 * ap for m, ap in ap_at_max_dets(gt, results, iou_type, max_dets).items()}
 
 
 def recall_ceiling(gt: COCO, max_dets: int) -> float:

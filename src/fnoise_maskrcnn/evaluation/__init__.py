@@ -1,6 +1,7 @@
 """COCO evaluation: the one COCOeval path (training, ``evaluate``, the benchmarks) and checkpoint scoring.
 
-- :mod:`.coco`: COCO results from model outputs, COCOeval with either backend, the metrics table;
+- :mod:`.coco`: COCO results from model outputs, COCOeval with either backend, AP at other
+  per-image detection limits, the metrics table;
 - :mod:`.checkpoint_eval`: :func:`evaluate_checkpoint`, a checkpoint's APs on a COCO-format set (the
   library side of ``python -m fnoise_maskrcnn.evaluate``).
 
@@ -13,6 +14,7 @@ from .._lazy import lazy_exports
 
 _PUBLIC = {
     "BACKENDS": ".coco",
+    "ap_at_max_dets": ".coco",
     "evaluate_coco": ".coco",
     "format_metrics_table": ".coco",
     "predictions_to_coco_results": ".coco",
@@ -25,6 +27,7 @@ __all__ = list(_PUBLIC)
 if TYPE_CHECKING:
     from .checkpoint_eval import evaluate_checkpoint as evaluate_checkpoint
     from .coco import BACKENDS as BACKENDS
+    from .coco import ap_at_max_dets as ap_at_max_dets
     from .coco import evaluate_coco as evaluate_coco
     from .coco import format_metrics_table as format_metrics_table
     from .coco import predictions_to_coco_results as predictions_to_coco_results

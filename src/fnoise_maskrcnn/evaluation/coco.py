@@ -1,7 +1,8 @@
 """COCO evaluation of Mask R-CNN predictions: the one path used by training, ``evaluate`` and the benchmarks.
 
 :func:`evaluate_coco` runs COCOeval (evaluate, accumulate, summarize) for each IoU type and reads the
-summary and per-category APs out of it. The backend, ``pycocotools`` or ``faster-coco-eval`` (its C++
+summary and per-category APs out of it; :func:`ap_at_max_dets` gives the AP at other per-image detection
+limits than COCO's 100. The backend, ``pycocotools`` or ``faster-coco-eval`` (its C++
 COCOeval, same numbers), only picks the ``COCO`` and ``COCOeval`` classes (:func:`coco_classes`);
 everything else is shared. :func:`encode_masks` is the package's one COCO RLE encoder.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "encode_masks",
     "predictions_to_coco_results",
     "run_cocoeval",
+    "ap_at_max_dets",
     "evaluate_coco",
     "format_metrics_table",
 ]
@@ -174,6 +176,40 @@ def run_cocoeval(
     return stats, precision
 
 
+def ap_at_max_dets(
+    coco_gt: Any,
+    results: Sequence[Mapping[str, Any]],
+    iou_type: str,
+    max_dets: Sequence[int],
+    backend: str = "pycocotools",
+) -> dict[int, float]:
+    """COCO AP (IoU 0.50:0.95, all areas, all categories and images of ``coco_gt``) counting each image's
+    ``m`` best-scored detections, for each ``m`` of ``max_dets``.
+
+    One evaluation (IoUs matched once) accumulated at every limit; ``summarize()`` is skipped, since it
+    reads fixed limits (it looks for exactly 100). At ``m = 100`` the value is :func:`evaluate_coco`'s AP.
+
+    Returns:
+        ``{m: AP}`` in ``[0, 1]``, ascending ``m``; 0 for every ``m`` when no entry is of ``iou_type``.
+    """
+    limits = sorted({int(m) for m in max_dets})
+    if not limits or limits[0] < 1:
+        raise ValueError(f"max_dets must be positive integers; got {list(max_dets)}")
+    entries = [r for r in results if iou_type == "bbox" or "segmentation" in r]
+    if not entries:
+        return dict.fromkeys(limits, 0.0)
+    gt = _ground_truth(coco_gt, backend)
+    cat_ids = sorted(int(c["id"]) for c in gt.dataset["categories"])
+    img_ids = sorted(int(img["id"]) for img in gt.dataset["images"])
+    _, precision, _ = _cocoeval(gt, entries, iou_type, cat_ids, img_ids, backend, limits)
+    aps = {}
+    for k, m in enumerate(limits):  # precision's last axis follows the sorted limits
+        values = precision[:, :, :, 0, k]  # all IoUs, recalls and categories; area "all"
+        values = values[values > -1]
+        aps[m] = float(values.mean()) if values.size else 0.0
+    return aps
+
+
 def _cocoeval(
     gt: Any,
     results: Sequence[Mapping[str, Any]],
@@ -181,8 +217,13 @@ def _cocoeval(
     cat_ids: Sequence[int],
     img_ids: Sequence[int],
     backend: str,
+    max_dets: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """COCOeval on an indexed ground truth of ``backend``; also returns what summarize() printed."""
+    """COCOeval on an indexed ground truth of ``backend``; also returns what summarize() printed.
+
+    With ``max_dets`` (sorted), COCOeval counts those per-image limits instead of 1, 10, 100 and
+    summarize() is skipped: the stats come back empty, the summary text ``""``.
+    """
     _, evaluator_cls = coco_classes(backend)
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -190,8 +231,12 @@ def _cocoeval(
         evaluator = evaluator_cls(gt, dt, iouType=iou_type)
         evaluator.params.catIds = list(cat_ids)
         evaluator.params.imgIds = list(img_ids)
+        if max_dets is not None:
+            evaluator.params.maxDets = list(max_dets)
         evaluator.evaluate()
         evaluator.accumulate()
+        if max_dets is not None:
+            return np.zeros(0), np.asarray(evaluator.eval["precision"], dtype=np.float64), ""
         evaluator.summarize()
     stats = np.asarray(evaluator.stats, dtype=np.float64)
     precision = np.asarray(evaluator.eval["precision"], dtype=np.float64)
