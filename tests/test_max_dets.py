@@ -102,6 +102,33 @@ def test_a_badly_named_results_file_is_a_one_line_error(script, study, capsys):
     assert capsys.readouterr().err.strip() == f"error: {bad}: name it <arm>-seed<S>.json"
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("[{", "not valid JSON (line 1, column 3"),
+        ('{"image_id": 1}', "expected a JSON list of COCO results, got a dict"),
+        ('[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}]', "entry 0 lacks score"),
+        ('[{"image_id": 7, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 1}]', "entry 0: image id 7 is"),
+        ('[{"image_id": 1, "category_id": 1, "bbox": [0, 0], "score": 1}]', "entry 0: bbox must be"),
+    ],
+)
+def test_a_bad_results_file_is_a_one_line_error_naming_it(script, study, capsys, content, problem):
+    bad = study / "x-seed0.json"
+    bad.write_text(content)
+    argv = ["--ann", str(study / "val.json"), "--results", str(study / "baseline-seed0.json"), str(bad)]
+    assert script.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad}: {problem}") and "\n" not in err
+
+
+def test_a_bad_annotation_file_is_a_one_line_error_naming_it(script, study, capsys):
+    ann = study / "val.json"
+    ann.write_text('{"images": [], "annotations": [{"id": 1}], "categories": []}')
+    assert script.main(["--ann", str(ann), "--results", str(study / "baseline-seed0.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {ann}: not a COCO instances file (an entry lacks 'image_id')"
+
+
 def test_no_reference_arm_is_an_error(script, study, capsys):
     argv = ["--ann", str(study / "val.json"), "--results", str(study / "x-seed0.json")]
     assert script.main(argv) == 2

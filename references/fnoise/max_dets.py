@@ -18,9 +18,7 @@ objects that fit in their images' first ``maxDets`` detections. APs are in AP po
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import io
 import json
 import re
 import sys
@@ -31,7 +29,7 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from fnoise_maskrcnn.evaluation import ap_at_max_dets
+from fnoise_maskrcnn.evaluation import ap_at_max_dets, load_coco_results, load_ground_truth
 from fnoise_maskrcnn.study import common_seed_difference, describe, holm
 
 IOU_TYPES = ("segm", "bbox")
@@ -56,7 +54,7 @@ def parse_name(path: Path) -> tuple[str, int]:
     """``(arm, seed)`` of a file named ``<arm>-seed<S>.json``."""
     match = NAME.match(path.stem)
     if match is None:
-        raise ValueError("name it <arm>-seed<S>.json")
+        raise ValueError(f"{path}: name it <arm>-seed<S>.json")
     return match["arm"], int(match["seed"])
 
 
@@ -148,18 +146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(m < 1 for m in args.max_dets):
         parser.error(f"--max-dets must be >= 1, got {args.max_dets}")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            gt = COCO(str(args.ann))
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"error: {args.ann}: {exc}", file=sys.stderr)
+        gt = load_ground_truth(args.ann)
+        image_ids = gt.getImgIds()
+        files = {}
+        for path in args.results:
+            files[parse_name(path)] = load_coco_results(path, image_ids, str(args.ann))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    files = {}
-    for path in args.results:
-        try:
-            files[parse_name(path)] = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            print(f"error: {path}: {exc}", file=sys.stderr)
-            return 2
     try:
         report = analyse(gt, files, args.max_dets, args.reference)
     except ValueError as exc:

@@ -28,7 +28,7 @@ from typing import Any
 
 from pycocotools.coco import COCO
 
-from fnoise_maskrcnn.evaluation import evaluate_coco
+from fnoise_maskrcnn.evaluation import evaluate_coco, load_coco_results, load_ground_truth
 from fnoise_maskrcnn.study import describe
 
 IOU_TYPES = ("segm", "bbox")
@@ -123,23 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(names) != len(args.results) or len(set(names)) != len(names):
         parser.error(f"--names needs {len(args.results)} different names, one per --results file")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            gt = COCO(str(args.ann))
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"error: {args.ann}: {exc}", file=sys.stderr)
+        gt = load_ground_truth(args.ann)
+        image_ids = gt.getImgIds()
+        named = {
+            name: load_coco_results(path, image_ids, str(args.ann)) for name, path in zip(names, args.results)
+        }
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    named = {}
-    image_ids = set(gt.getImgIds())
-    for name, path in zip(names, args.results):
-        try:
-            named[name] = json.loads(path.read_text())
-            unknown = sorted({int(entry["image_id"]) for entry in named[name]} - image_ids)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"error: {path}: {exc}", file=sys.stderr)
-            return 2
-        if unknown:
-            print(f"error: {path}: image id {unknown[0]} is not in {args.ann}", file=sys.stderr)
-            return 2
     try:
         report = analyse(gt, named, args.chunk)
     except ValueError as exc:

@@ -3,7 +3,8 @@
 - :mod:`.coco`: COCO results from model outputs, COCOeval with either backend, AP at other
   per-image detection limits, the metrics table;
 - :mod:`.checkpoint_eval`: :func:`evaluate_checkpoint`, a checkpoint's APs on a COCO-format set (the
-  library side of ``python -m fnoise_maskrcnn.evaluate``).
+  library side of ``python -m fnoise_maskrcnn.evaluate``);
+- :mod:`.results_file`: a ground truth and saved COCO results files, checked, for scoring them again.
 
 The public names are imported on first use.
 """
@@ -20,6 +21,8 @@ _PUBLIC = {
     "predictions_to_coco_results": ".coco",
     "run_cocoeval": ".coco",
     "evaluate_checkpoint": ".checkpoint_eval",
+    "load_coco_results": ".results_file",
+    "load_ground_truth": ".results_file",
 }
 
 __all__ = list(_PUBLIC)
@@ -32,5 +35,7 @@ if TYPE_CHECKING:
     from .coco import format_metrics_table as format_metrics_table
     from .coco import predictions_to_coco_results as predictions_to_coco_results
     from .coco import run_cocoeval as run_cocoeval
+    from .results_file import load_coco_results as load_coco_results
+    from .results_file import load_ground_truth as load_ground_truth
 
 __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
