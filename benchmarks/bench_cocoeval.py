@@ -14,17 +14,18 @@ statistics and the full precision arrays are identical.
 import argparse
 import contextlib
 import copy
+import functools
 import io
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from _results import write_result
+from _timing import interleaved_seconds
 from fnoise_maskrcnn.evaluation.coco import BACKENDS, run_cocoeval
 
 _DATA_DIR = os.environ.get("FNOISE_MASKRCNN_DATA")
@@ -106,16 +107,16 @@ def main() -> None:
     cat_ids = sorted(c["id"] for c in dataset["categories"])
     img_ids = sorted(i["id"] for i in dataset["images"])
 
-    seconds = {backend: [] for backend in BACKENDS}
-    outputs = {}
-    for _ in range(args.repeats):
-        for backend in BACKENDS:  # interleaved, so machine load affects both alike
-            start = time.perf_counter()
-            outputs[backend] = {
-                iou_type: run_cocoeval(dataset, results, iou_type, cat_ids, img_ids, backend)
-                for iou_type in ("bbox", "segm")
-            }
-            seconds[backend].append(time.perf_counter() - start)
+    outputs: dict[str, dict] = {}
+
+    def evaluation(backend: str) -> None:
+        outputs[backend] = {
+            iou_type: run_cocoeval(dataset, results, iou_type, cat_ids, img_ids, backend)
+            for iou_type in ("bbox", "segm")
+        }
+
+    jobs = {backend: functools.partial(evaluation, backend) for backend in BACKENDS}
+    seconds = interleaved_seconds(jobs, args.repeats, warmup=0)  # interleaved: load affects both alike
     reference, fast = outputs["pycocotools"], outputs["faster-coco-eval"]
     report = {
         "ann": str(args.ann),

@@ -37,7 +37,7 @@ import statistics
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torchvision
@@ -248,6 +248,43 @@ def profile_jobs(
     return result
 
 
+def step_ratios(step_times: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]:
+    """Each variant's step time over its reference's (``stock`` for ``off`` and ``naive_hook``, else
+    ``off``): the median of the per-round ratios, the ratio of medians, and the paired interval."""
+    medians = {name: statistics.median(t) for name, t in step_times.items()}
+    ratios = {}
+    for name in step_times:
+        reference = "stock" if name in ("off", "naive_hook") else "off"
+        if name == "stock" or reference not in step_times:
+            continue
+        paired = [a / b for a, b in zip(step_times[name], step_times[reference])]
+        ratios[f"{name}/{reference}"] = {
+            "median_of_paired": round(statistics.median(paired), 4),
+            "of_medians": round(medians[name] / medians[reference], 4),
+            **paired_interval(paired),
+        }
+    return ratios
+
+
+def run_config(args: argparse.Namespace, device: torch.device, allocator: str, feature_elements: int) -> dict:
+    """What was measured, and how."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "sigma": SIGMA,
+        "cpu_allocator": allocator,
+        "feature_elements": feature_elements,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
@@ -288,38 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     step_times, step_faults = time_steps(variants, names, images, targets, args.repeats, args.warmup, device)
 
     medians = {name: 1e3 * statistics.median(t) for name, t in step_times.items()}
-    base = {name: "off" if name not in ("stock", "off", "naive_hook") else "stock" for name in names}
-    base["off"] = "stock"
-    ratios = {}
-    for name, reference in base.items():
-        if name == reference or reference not in step_times:
-            continue
-        paired = [a / b for a, b in zip(step_times[name], step_times[reference])]
-        ratios[f"{name}/{reference}"] = {
-            "median_of_paired": round(statistics.median(paired), 4),
-            "of_medians": round(medians[name] / medians[reference], 4),
-            **paired_interval(paired),
-        }
     reference_ms = medians.get("off", medians.get("stock"))
     result = {
-        "config": {
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "size": args.size,
-            "batch_size": args.batch_size,
-            "repeats": args.repeats,
-            "warmup": args.warmup,
-            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "machine": platform.processor() or platform.machine(),
-            "sigma": SIGMA,
-            "cpu_allocator": allocator,
-            "feature_elements": sum(v.numel() for v in features.values()),
-        },
+        "config": run_config(args, device, allocator, sum(v.numel() for v in features.values())),
         "step_ms_median": {k: round(v, 1) for k, v in medians.items()},
         "step_minor_page_faults_median": {k: int(statistics.median(v)) for k, v in step_faults.items()},
-        "ratios": ratios,
+        "ratios": step_ratios(step_times),
         "f_noise_alone_ms": {k: round(v, 2) for k, v in alone_ms.items()},
         "f_noise_alone_over_step": (
             {k: round(v / reference_ms, 4) for k, v in alone_ms.items()} if reference_ms else None

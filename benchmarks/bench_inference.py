@@ -36,6 +36,7 @@ from torchvision.ops import misc as misc_nn_ops
 
 from _inference_common import benchmark_images, write_random_checkpoint
 from _results import write_result
+from _timing import interleaved_seconds, median_ratio
 from fnoise_maskrcnn.deploy.export import export
 from fnoise_maskrcnn.io.images import read_image_tensor
 from fnoise_maskrcnn.io.model_io import model_from_checkpoint
@@ -59,6 +60,44 @@ def stock_torchvision_model(checkpoint: dict) -> MaskRCNN:
     return model.eval()
 
 
+def build_variants(args: argparse.Namespace, tmp: Path) -> tuple[dict, float]:
+    """The four models (ours, torchvision, ours without F-Noise, ONNX Runtime session) and the export's
+    seconds."""
+    import onnxruntime as ort
+
+    ckpt_path = args.checkpoint or write_random_checkpoint(
+        tmp / "random.pth", 81, args.min_size, args.max_size
+    )
+    ours, checkpoint = model_from_checkpoint(ckpt_path)
+    stripped, _ = model_from_checkpoint(ckpt_path)
+    stripped.backbone = stripped.backbone.without_f_noise()
+    start = time.perf_counter()
+    export(ckpt_path, "onnx", tmp / "model.onnx")
+    export_seconds = time.perf_counter() - start
+    print(f"exported in {export_seconds:.0f} s", file=sys.stderr)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    # ORT's threads spin-wait after each run by default, taking the CPU from the PyTorch variant
+    # that runs next in this process; without spinning every variant gets the same machine.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(tmp / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    models = {"ours": ours, "torchvision": stock_torchvision_model(checkpoint), "ours_no_f_noise": stripped}
+    return {**models, "onnxruntime": session}, export_seconds
+
+
+def runner(model, images: list[torch.Tensor]):
+    """One call: every image through ``model`` (a PyTorch model or an ONNX Runtime session), one at a time."""
+    if isinstance(model, torch.nn.Module):
+
+        def run_torch():
+            with torch.inference_mode():
+                return [model([image])[0] for image in images]
+
+        return run_torch
+    return lambda: [model.run(None, {"image": image.numpy()}) for image in images]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path)
@@ -71,85 +110,40 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt_path = args.checkpoint or write_random_checkpoint(
-            Path(tmp) / "random.pth", 81, args.min_size, args.max_size
-        )
-        ours, checkpoint = model_from_checkpoint(ckpt_path)
-        stock = stock_torchvision_model(checkpoint)
-        stripped, _ = model_from_checkpoint(ckpt_path)
-        stripped.backbone = stripped.backbone.without_f_noise()
-        onnx_path = Path(tmp) / "model.onnx"
-        start = time.perf_counter()
-        export(ckpt_path, "onnx", onnx_path)
-        export_seconds = time.perf_counter() - start
-        print(f"exported in {export_seconds:.0f} s", file=sys.stderr)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        options.inter_op_num_threads = 1
-        # ORT's threads spin-wait after each run by default, taking the CPU from the PyTorch variant
-        # that runs next in this process; without spinning every variant gets the same machine.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-
     paths = benchmark_images(args.images)
     images = [read_image_tensor(p) for p in paths]
-
-    def run_torch(model):
-        with torch.inference_mode():
-            return [model([image])[0] for image in images]
-
-    def run_ort():
-        return [session.run(None, {"image": image.numpy()}) for image in images]
-
-    variants = {
-        "ours": lambda: run_torch(ours),
-        "torchvision": lambda: run_torch(stock),
-        "ours_no_f_noise": lambda: run_torch(stripped),
-        "onnxruntime": run_ort,
-    }
-    for name, fn in variants.items():  # warm-up (allocator, ORT graph optimisation)
-        start = time.perf_counter()
-        fn()
-        print(f"warm-up {name}: {time.perf_counter() - start:.2f} s", file=sys.stderr)
-    seconds = {name: [] for name in variants}
-    for r in range(args.rounds):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            seconds[name].append(time.perf_counter() - start)
-        print(
-            f"round {r + 1}: " + ", ".join(f"{n} {s[-1]:.2f} s" for n, s in seconds.items()), file=sys.stderr
-        )
-
-    reference = run_torch(stock)
+    with tempfile.TemporaryDirectory() as tmp:
+        variants, export_seconds = build_variants(args, Path(tmp))
+    jobs = {name: runner(model, images) for name, model in variants.items()}
+    seconds = interleaved_seconds(jobs, args.rounds)  # the untimed round warms allocator and ORT graph
+    reference = jobs["torchvision"]()
     same = all(
         torch.equal(a[k], b[k])
-        for a, b in zip(run_torch(ours), reference)
+        for a, b in zip(jobs["ours"](), reference)
         for k in ("boxes", "labels", "scores", "masks")
     )
-    onnx_out = run_ort()
-    detections = [len(o["scores"]) for o in reference]
 
     def ratio(a: str, b: str) -> float:
-        return statistics.median(x / y for x, y in zip(seconds[a], seconds[b]))
+        return median_ratio(seconds[a], seconds[b])
 
     report = {
-        "date": time.strftime("%Y-%m-%d"),
         "setting": f"CPU, torch threads {args.threads}",
-        "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "checkpoint": str(args.checkpoint)
         if args.checkpoint
         else f"random resnet50, min_size {args.min_size}, max_size {args.max_size}",
         "images": [f"{p.name} {tuple(i.shape[1:])}" for p, i in zip(paths, images)],
-        "detections_per_image": detections,
-        "onnx_detections_per_image": [len(o[2]) for o in onnx_out],
+        "detections_per_image": [len(o["scores"]) for o in reference],
+        "onnx_detections_per_image": [len(o[2]) for o in jobs["onnxruntime"]()],
         "rounds": args.rounds,
         "images_per_second_median": {n: len(images) / statistics.median(s) for n, s in seconds.items()},
-        "time_ratio_ours_over_torchvision": ratio("ours", "torchvision"),
-        "time_ratio_ours_no_f_noise_over_torchvision": ratio("ours_no_f_noise", "torchvision"),
-        "time_ratio_onnxruntime_over_pytorch": ratio("onnxruntime", "ours_no_f_noise"),
+        "time_ratio_ours_over_torchvision": median_ratio(seconds["ours"], seconds["torchvision"]),
+        "time_ratio_ours_no_f_noise_over_torchvision": median_ratio(
+            seconds["ours_no_f_noise"], seconds["torchvision"]
+        ),
+        "time_ratio_onnxruntime_over_pytorch": median_ratio(
+            seconds["onnxruntime"], seconds["ours_no_f_noise"]
+        ),
         "ours_equals_torchvision_bitwise": same,
         "onnx_export_seconds": export_seconds,
     }

@@ -15,6 +15,7 @@ Without ``--checkpoint`` a random-weight ResNet-50 model at ``--min-size 256 --m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import statistics
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -83,6 +85,27 @@ def phase(url: str, payloads: list, concurrency: int, requests: int, timeout: fl
     }
 
 
+@contextlib.contextmanager
+def running_server(checkpoint: Path) -> Iterator[str]:
+    """``python -m fnoise_maskrcnn.serve`` on a free loopback port, up and answering; yields its URL and
+    stops it on exit."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "fnoise_maskrcnn.serve", "--checkpoint", str(checkpoint)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_up(url, server, timeout=120)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path)
@@ -98,27 +121,7 @@ def main() -> None:
         checkpoint = args.checkpoint or write_random_checkpoint(
             Path(tmp) / "random.pth", 81, args.min_size, args.max_size
         )
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fnoise_maskrcnn.serve",
-                "--checkpoint",
-                str(checkpoint),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--device",
-                "cpu",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_until_up(url, server, timeout=120)
+        with running_server(checkpoint) as url:
             phase(url, payloads, 1, 2, args.phase_timeout)  # warm-up
             results = {1: [], 4: []}
             for r in range(args.rounds):
@@ -130,13 +133,6 @@ def main() -> None:
                         f"round {r + 1}, concurrency {concurrency}: {results[concurrency][-1]}",
                         file=sys.stderr,
                     )
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
 
     def median(concurrency: int, key: str) -> float:
         return statistics.median(p[key] for p in results[concurrency])
