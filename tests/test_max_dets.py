@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from pycocotools import mask as mask_utils
 
-SCRIPT = Path(__file__).resolve().parents[1] / "references" / "fnoise" / "max_dets.py"
+from _scripts import load_script
+
 SQUARES = ((0.0, 0.0), (15.0, 0.0), (30.0, 0.0))  # three 10 px squares in one 40 x 40 image
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("max_dets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("references/fnoise/max_dets.py")
 
 
 def _polygon(x: float, y: float) -> list[float]:

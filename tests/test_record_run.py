@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,20 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from _scripts import load_script
 from fnoise_maskrcnn.arguments import parse
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "record_run.py"
 
 
 def _record_run():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("record_run", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
+    return load_script("benchmarks/record_run.py")
 
 
 def test_settings_are_the_resolved_sections_without_the_machines_choices(tmp_path):

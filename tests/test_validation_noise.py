@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from pycocotools import mask as mask_utils
 
-SCRIPT = Path(__file__).resolve().parents[1] / "references" / "fnoise" / "validation_noise.py"
+from _scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("validation_noise", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("references/fnoise/validation_noise.py")
 
 
 def _square(image_id: int, ann_id: int) -> dict:
