@@ -106,6 +106,8 @@ def test_a_badly_named_results_file_is_a_one_line_error(script, study, capsys):
         ('[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}]', "entry 0 lacks score"),
         ('[{"image_id": 7, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 1}]', "entry 0: image id 7 is"),
         ('[{"image_id": 1, "category_id": 1, "bbox": [0, 0], "score": 1}]', "entry 0: bbox must be"),
+        ('[{"image_id": [1], "category_id": 1, "bbox": [0, 0, 5, 5], "score": 1}]', "entry 0: image id [1]"),
+        ('[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": "high"}]', "entry 0: score must"),
     ],
 )
 def test_a_bad_results_file_is_a_one_line_error_naming_it(script, study, capsys, content, problem):

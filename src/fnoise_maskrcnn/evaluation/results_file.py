@@ -67,9 +67,15 @@ def load_coco_results(
         missing = [key for key in RESULT_KEYS if not isinstance(entry, dict) or key not in entry]
         if missing:
             raise ValueError(f"{path}: entry {k} lacks {', '.join(missing)}")
-        if entry["image_id"] not in known:
-            raise ValueError(f"{path}: entry {k}: image id {entry['image_id']} is not in {ground_truth}")
+        if not _is_number(entry["image_id"]) or entry["image_id"] not in known:
+            raise ValueError(f"{path}: entry {k}: image id {entry['image_id']!r} is not in {ground_truth}")
         bbox = entry["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
             raise ValueError(f"{path}: entry {k}: bbox must be [x, y, width, height], got {bbox!r}")
+        if not _is_number(entry["score"]):
+            raise ValueError(f"{path}: entry {k}: score must be a number, got {entry['score']!r}")
     return entries
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
