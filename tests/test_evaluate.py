@@ -177,6 +177,8 @@ def test_ap_at_max_dets_counts_each_images_best_detections(synthetic_coco):
     assert ap_at_max_dets(data, boxes_only, "segm", [1, 100]) == {1: 0.0, 100: 0.0}
     with pytest.raises(ValueError, match="max_dets must be positive"):
         ap_at_max_dets(data, results, "bbox", [0, 100])
+    with pytest.raises(ValueError, match="iou_type must be one of bbox, segm; got 'keypoints'"):
+        ap_at_max_dets(data, results, "keypoints", [100])
 
 
 def test_evaluate_checkpoint_with_either_backend(inference_checkpoint, synthetic_coco):

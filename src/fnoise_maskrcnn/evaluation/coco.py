@@ -192,6 +192,8 @@ def ap_at_max_dets(
     Returns:
         ``{m: AP}`` in ``[0, 1]``, ascending ``m``; 0 for every ``m`` when no entry is of ``iou_type``.
     """
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {', '.join(IOU_TYPES)}; got {iou_type!r}")
     limits = sorted({int(m) for m in max_dets})
     if not limits or limits[0] < 1:
         raise ValueError(f"max_dets must be positive integers; got {list(max_dets)}")
