@@ -137,13 +137,9 @@ def main() -> None:
         "onnx_detections_per_image": [len(o[2]) for o in jobs["onnxruntime"]()],
         "rounds": args.rounds,
         "images_per_second_median": {n: len(images) / statistics.median(s) for n, s in seconds.items()},
-        "time_ratio_ours_over_torchvision": median_ratio(seconds["ours"], seconds["torchvision"]),
-        "time_ratio_ours_no_f_noise_over_torchvision": median_ratio(
-            seconds["ours_no_f_noise"], seconds["torchvision"]
-        ),
-        "time_ratio_onnxruntime_over_pytorch": median_ratio(
-            seconds["onnxruntime"], seconds["ours_no_f_noise"]
-        ),
+        "time_ratio_ours_over_torchvision": ratio("ours", "torchvision"),
+        "time_ratio_ours_no_f_noise_over_torchvision": ratio("ours_no_f_noise", "torchvision"),
+        "time_ratio_onnxruntime_over_pytorch": ratio("onnxruntime", "ours_no_f_noise"),
         "ours_equals_torchvision_bitwise": same,
         "onnx_export_seconds": export_seconds,
     }
