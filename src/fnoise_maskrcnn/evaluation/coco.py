@@ -151,6 +151,22 @@ def _ground_truth(coco_gt: Any, backend: str) -> Any:
     return gt
 
 
+def _check_iou_type(iou_type: str) -> None:
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {', '.join(IOU_TYPES)}; got {iou_type!r}")
+
+
+def _entries_for(results: Sequence[Mapping[str, Any]], iou_type: str) -> list[Mapping[str, Any]]:
+    """The results that ``iou_type`` can score: all for bbox, those with a mask for segm."""
+    return [r for r in results if iou_type == "bbox" or "segmentation" in r]
+
+
+def _mean_precision(values: np.ndarray) -> float | None:
+    """Mean of a slice of COCOeval's precision array over its defined cells (-1 marks undefined ones)."""
+    values = values[values > -1]
+    return float(values.mean()) if values.size else None
+
+
 def run_cocoeval(
     coco_gt: Any,
     results: Sequence[Mapping[str, Any]],
@@ -192,24 +208,19 @@ def ap_at_max_dets(
     Returns:
         ``{m: AP}`` in ``[0, 1]``, ascending ``m``; 0 for every ``m`` when no entry is of ``iou_type``.
     """
-    if iou_type not in IOU_TYPES:
-        raise ValueError(f"iou_type must be one of {', '.join(IOU_TYPES)}; got {iou_type!r}")
+    _check_iou_type(iou_type)
     limits = sorted({int(m) for m in max_dets})
     if not limits or limits[0] < 1:
         raise ValueError(f"max_dets must be positive integers; got {list(max_dets)}")
-    entries = [r for r in results if iou_type == "bbox" or "segmentation" in r]
+    entries = _entries_for(results, iou_type)
     if not entries:
         return dict.fromkeys(limits, 0.0)
     gt = _ground_truth(coco_gt, backend)
     cat_ids = sorted(int(c["id"]) for c in gt.dataset["categories"])
     img_ids = sorted(int(img["id"]) for img in gt.dataset["images"])
     _, precision, _ = _cocoeval(gt, entries, iou_type, cat_ids, img_ids, backend, limits)
-    aps = {}
-    for k, m in enumerate(limits):  # precision's last axis follows the sorted limits
-        values = precision[:, :, :, 0, k]  # all IoUs, recalls and categories; area "all"
-        values = values[values > -1]
-        aps[m] = float(values.mean()) if values.size else 0.0
-    return aps
+    # precision's last axis follows the sorted limits; all IoUs, recalls and categories, area "all"
+    return {m: _mean_precision(precision[:, :, :, 0, k]) or 0.0 for k, m in enumerate(limits)}
 
 
 def _cocoeval(
@@ -271,8 +282,7 @@ def evaluate_coco(
         ``None`` for a category without ground truth in the images. With no results at all, every AP is 0.
     """
     for iou_type in iou_types:
-        if iou_type not in IOU_TYPES:
-            raise ValueError(f"iou_type must be one of {', '.join(IOU_TYPES)}; got {iou_type!r}")
+        _check_iou_type(iou_type)
     gt = _ground_truth(coco_gt, backend)
     dataset = gt.dataset
     names = {int(c["id"]): str(c["name"]) for c in dataset["categories"]}
@@ -282,7 +292,7 @@ def evaluate_coco(
     with_instances = {int(a["category_id"]) for a in dataset["annotations"] if a["image_id"] in wanted}
     metrics: dict[str, Any] = {"per_category": {}, "summary": {}}
     for iou_type in iou_types:
-        entries = [r for r in results if iou_type == "bbox" or "segmentation" in r]
+        entries = _entries_for(results, iou_type)
         if not entries:
             metrics[iou_type] = {name: 0.0 for name in STAT_NAMES}
             metrics["per_category"][iou_type] = {
@@ -292,12 +302,9 @@ def evaluate_coco(
             continue
         stats, precision, summary = _cocoeval(gt, entries, iou_type, cat_ids, img_ids, backend)
         metrics[iou_type] = {name: float(stats[i]) for i, name in enumerate(STAT_NAMES)}
-        per_category: dict[str, float | None] = {}
-        for k, cat_id in enumerate(cat_ids):
-            values = precision[:, :, k, 0, -1]  # all IoUs and recalls, area "all", maxDets 100
-            values = values[values > -1]
-            per_category[names[cat_id]] = float(values.mean()) if values.size else None
-        metrics["per_category"][iou_type] = per_category
+        metrics["per_category"][iou_type] = {  # all IoUs and recalls, area "all", maxDets 100
+            names[cat_id]: _mean_precision(precision[:, :, k, 0, -1]) for k, cat_id in enumerate(cat_ids)
+        }
         metrics["summary"][iou_type] = summary
     return metrics
 
