@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from _scripts import load_script
+from _scripts import REPO, load_script
 from fnoise_maskrcnn.arguments import parse
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "record_run.py"
+SCRIPT = REPO / "benchmarks" / "record_run.py"
 
 
 def _record_run():
