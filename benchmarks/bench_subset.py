@@ -82,63 +82,67 @@ def category_weights(rng: random.Random) -> list[float]:
     return [0.30, 0.007] + tail
 
 
+def _coco_category_ids() -> list[int]:
+    """COCO's 80 category ids: 1..90 less the 10 it never uses."""
+    unused = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
+    return [i for i in range(1, 91) if i not in unused]
+
+
+def _fake_image(i: int) -> dict:
+    """Image entry ``i`` (1-based), with train2017's fields and a 640x480 size."""
+    return {
+        "license": 1,
+        "file_name": f"{i:012d}.jpg",
+        "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.jpg",
+        "height": 480,
+        "width": 640,
+        "date_captured": "2013-11-14 11:18:45",
+        "id": i,
+    }
+
+
+def _fake_annotation(rng: random.Random, a: int, category_ids: list[int], weights: list[float]) -> dict:
+    """Annotation ``a``: a random image and category, a box, and a polygon (or, 1% of the time, crowd RLE)."""
+    image_id = rng.randint(1, NUM_IMAGES)
+    category = rng.choices(category_ids, weights)[0]
+    x, y, w, h = rng.uniform(0, 500), rng.uniform(0, 380), rng.uniform(5, 140), rng.uniform(5, 100)
+    crowd = rng.random() < 0.01
+    if crowd:
+        counts = [rng.randint(1, 400) for _ in range(rng.randint(100, 400))]
+        segmentation = {"counts": counts + [480 * 640 - sum(counts)], "size": [480, 640]}
+    else:
+        n = rng.randint(8, 40)
+        segmentation = [
+            [round(v, 2) for _ in range(n) for v in (x + rng.uniform(0, w), y + rng.uniform(0, h))]
+        ]
+    return {
+        "segmentation": segmentation,
+        "area": round(w * h * 0.6, 4),
+        "iscrowd": int(crowd),
+        "image_id": image_id,
+        "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+        "category_id": category,
+        "id": a,
+    }
+
+
 def write_fake_coco(path: Path, seed: int = 0) -> set[int]:
     """Write the fake file element by element; return the image ids that have a bus annotation."""
     rng = random.Random(seed)
     weights = category_weights(rng)
-    category_ids = list(range(1, 91))
-    for gap in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83):  # COCO's 10 unused ids
-        category_ids.remove(gap)
+    category_ids = _coco_category_ids()
     names = ["person", CATEGORY] + [f"category_{i}" for i in range(78)]
-    bus_id = category_ids[1]
     bus_images: set[int] = set()
     with open(path, "w") as f:
         f.write('{"info": {"description": "fake COCO-scale file"}, "licenses": [], "images": [')
         for i in range(1, NUM_IMAGES + 1):
-            f.write(
-                ("," if i > 1 else "")
-                + json.dumps(
-                    {
-                        "license": 1,
-                        "file_name": f"{i:012d}.jpg",
-                        "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.jpg",
-                        "height": 480,
-                        "width": 640,
-                        "date_captured": "2013-11-14 11:18:45",
-                        "id": i,
-                    }
-                )
-            )
+            f.write(("," if i > 1 else "") + json.dumps(_fake_image(i)))
         f.write('], "annotations": [')
         for a in range(1, NUM_ANNOTATIONS + 1):
-            image_id = rng.randint(1, NUM_IMAGES)
-            category = rng.choices(category_ids, weights)[0]
-            x, y, w, h = rng.uniform(0, 500), rng.uniform(0, 380), rng.uniform(5, 140), rng.uniform(5, 100)
-            crowd = rng.random() < 0.01
-            if crowd:
-                counts = [rng.randint(1, 400) for _ in range(rng.randint(100, 400))]
-                segmentation = {"counts": counts + [480 * 640 - sum(counts)], "size": [480, 640]}
-            else:
-                n = rng.randint(8, 40)
-                segmentation = [
-                    [round(v, 2) for _ in range(n) for v in (x + rng.uniform(0, w), y + rng.uniform(0, h))]
-                ]
-            f.write(
-                ("," if a > 1 else "")
-                + json.dumps(
-                    {
-                        "segmentation": segmentation,
-                        "area": round(w * h * 0.6, 4),
-                        "iscrowd": int(crowd),
-                        "image_id": image_id,
-                        "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
-                        "category_id": category,
-                        "id": a,
-                    }
-                )
-            )
-            if category == bus_id:
-                bus_images.add(image_id)
+            annotation = _fake_annotation(rng, a, category_ids, weights)
+            f.write(("," if a > 1 else "") + json.dumps(annotation))
+            if annotation["category_id"] == category_ids[1]:
+                bus_images.add(annotation["image_id"])
         f.write('], "categories": ')
         f.write(
             json.dumps([{"supercategory": "thing", "id": c, "name": n} for c, n in zip(category_ids, names)])
