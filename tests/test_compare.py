@@ -198,6 +198,16 @@ def test_the_clean_training_loss_pass_does_not_split_arms(study):
     assert [arm.seeds for arm in arms] == [[0, 1, 2, 3], [0, 1, 2, 3]]
 
 
+def test_the_checkpoint_interval_does_not_split_arms(study):
+    # a study restarted with --checkpoint-every saves last.pth more often from then on; resuming is exact,
+    # so what is learnt is the same and those seeds join the arms of the earlier ones
+    write_run(study / "baseline" / "seed3", 3, False, 1.0, 1.0, 0.3, checkpoint_every=50)
+    write_run(study / "fnoise" / "seed3", 3, True, 1.0, 1.0, 0.3, checkpoint_every=50)
+    arms = group_runs(_runs(study))
+    assert [arm.label for arm in arms] == ["baseline", "F-Noise σ=0.1 (elementwise, all levels)"]
+    assert [arm.seeds for arm in arms] == [[0, 1, 2, 3], [0, 1, 2, 3]]
+
+
 def _with_precision(path: Path, *precisions: str) -> Path:
     """Appends a ``"run"`` record per precision (one per start of train) to a run's metrics.jsonl."""
     with open(path / "metrics.jsonl", "a") as f:

@@ -52,7 +52,8 @@ F_NOISE_KEYS = (
     "f_noise_warmup_iters",
 )
 #: config.json keys that never make two runs different arms: the seed, bookkeeping that does not change
-#: what is learnt (``train_loss_images`` only adds a measurement pass with F-Noise off), ``model_config``
+#: what is learnt (``train_loss_images`` only adds a measurement pass with F-Noise off;
+#: ``checkpoint_every`` only how often ``last.pth`` is saved, and a resume is exact), ``model_config``
 #: (derived from the flags that are compared themselves) and ``amp``: the precision it resolved to is a
 #: property of the seed, shared by all its arms (see :func:`group_runs`), not of an arm.
 DEFAULT_IGNORED_KEYS = (
@@ -67,6 +68,7 @@ DEFAULT_IGNORED_KEYS = (
     "test_only",
     "eval_every",
     "train_loss_images",
+    "checkpoint_every",
     "model_config",
     "amp",
 )
