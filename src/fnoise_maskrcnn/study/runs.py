@@ -54,9 +54,9 @@ F_NOISE_KEYS = (
 #: config.json keys that never make two runs different arms: the seed, bookkeeping that does not change
 #: what is learnt (``train_loss_images`` only adds a measurement pass with F-Noise off;
 #: ``checkpoint_every`` only how often ``last.pth`` is saved, and resuming keeps data order and random
-#: streams), ``model_config``
-#: (derived from the flags that are compared themselves) and ``amp``: the precision it resolved to is a
-#: property of the seed, shared by all its arms (see :func:`group_runs`), not of an arm.
+#: streams), ``model_config`` (derived from the flags that are compared themselves) and ``amp``: the
+#: precision it resolved to is a property of the seed, shared by all its arms (see :func:`group_runs`),
+#: not of an arm.
 DEFAULT_IGNORED_KEYS = (
     "seed",
     "output_dir",
