@@ -199,8 +199,8 @@ def test_the_clean_training_loss_pass_does_not_split_arms(study):
 
 
 def test_the_checkpoint_interval_does_not_split_arms(study):
-    # a study restarted with --checkpoint-every saves last.pth more often from then on; resuming is exact,
-    # so what is learnt is the same and those seeds join the arms of the earlier ones
+    # a study restarted with --checkpoint-every saves last.pth more often from then on; resuming keeps the
+    # data order and random streams, so those seeds join the arms of the earlier ones
     write_run(study / "baseline" / "seed3", 3, False, 1.0, 1.0, 0.3, checkpoint_every=50)
     write_run(study / "fnoise" / "seed3", 3, True, 1.0, 1.0, 0.3, checkpoint_every=50)
     arms = group_runs(_runs(study))
